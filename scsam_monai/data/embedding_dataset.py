@@ -1,0 +1,177 @@
+"""Precompute the frozen encoders' embeddings of a datalist into the cache and serve them as a MONAI dataset."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import Dataset
+from monai.transforms import Compose, Randomizable
+from torch import nn
+from tqdm.auto import tqdm
+
+from .embedding_cache import EmbeddingCache, array_sha256, transform_fingerprint
+from .transforms import LabelToMaskGridd, LoadCachedArrayd, as_size_tensor
+
+__all__ = ["precompute_embeddings", "cached_embedding_dataset", "EMBEDDING_KEYS"]
+
+logger = logging.getLogger(__name__)
+
+EMBEDDING_KEYS = {"sam": "sam_encoder", "mae": "mae_encoder"}
+
+
+def _as_numpy(x: object) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _seed_transform(transform: Callable, seed: int) -> None:
+    """Seed every randomizable transform of a chain (MONAI's ``set_random_state``)."""
+    if isinstance(transform, Randomizable):
+        transform.set_random_state(seed=seed)
+    if isinstance(transform, Compose):
+        for t in transform.transforms:
+            _seed_transform(t, seed)
+
+
+def _view_seed(seed: int, image_hash: str, view: int) -> int:
+    return (seed * 1_000_003 + int(image_hash[:8], 16) + view * 7919) % (2**32 - 1)
+
+
+def precompute_embeddings(
+    datalist: Sequence[Mapping[str, str]],
+    *,
+    cache_dir: str | Path,
+    preprocessing: Callable,
+    sam_encoder: nn.Module | None = None,
+    mae_encoder: nn.Module | None = None,
+    augmentation: Callable | None = None,
+    views_per_image: int = 1,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    batch_size: int = 4,
+    progress: bool = True,
+) -> list[dict]:
+    """Run the frozen encoders once per image view and return records that point at the cached arrays.
+
+    View 0 of every image is the preprocessed image itself; views 1..K-1 apply ``augmentation`` (the random
+    crop-resize) seeded per image and view, so they are reproducible and cacheable: the encoders are frozen,
+    so augmenting before encoding is the only way to augment. Entries already in the cache (same encoder key,
+    image content and view id) are reused without running an encoder.
+
+    Args:
+        datalist: items with ``image`` and ``label`` file paths (MONAI datalist entries).
+        cache_dir: the embedding cache folder.
+        preprocessing: deterministic dict transform (load, channel-first, intensity normalisation to [0, 1])
+            producing ``image`` and ``label`` arrays ``(1, H, W)``.
+        sam_encoder: frozen SAM encoder (None for MAE*).
+        mae_encoder: frozen MAE encoder (None for SAM*).
+        augmentation: random dict transform applied to the preprocessed ``image``/``label`` for views >= 1.
+        views_per_image: K, views per image (1 = no augmentation).
+        seed: base seed of the augmented views.
+        device: where the encoders run.
+        batch_size: views per encoder call.
+        progress: show a progress bar.
+
+    Returns:
+        One record per view: ``sam`` / ``mae`` (cached .npy paths), ``label`` (cached .npy path),
+        ``input_size`` (resized size on the encoder canvas), ``original_size``, ``image_path``, ``view``.
+    """
+    encoders = {k: e for k, e in (("sam", sam_encoder), ("mae", mae_encoder)) if e is not None}
+    if not encoders:
+        raise ValueError("precompute_embeddings needs at least one encoder.")
+    if views_per_image < 1:
+        raise ValueError(f"views_per_image must be >= 1, got {views_per_image}.")
+    if views_per_image > 1 and augmentation is None:
+        raise ValueError("views_per_image > 1 needs an augmentation transform.")
+    if len(datalist) == 0:
+        raise ValueError("The datalist is empty: no image to embed.")
+    cache = EmbeddingCache(cache_dir)
+    device = torch.device(device)
+    for encoder in encoders.values():
+        encoder.to(device)
+    # The image hash is taken after preprocessing, so it already covers the preprocessing settings.
+    aug_fp = transform_fingerprint(augmentation) if augmentation is not None else "none"
+    records: list[dict] = []
+    computed = reused = 0
+    for item in tqdm(datalist, desc="Embedding cache", disable=not progress, unit="image"):
+        data = preprocessing(dict(item))
+        image = _as_numpy(data["image"]).astype(np.float32)
+        label = _as_numpy(data["label"]) if "label" in data else None
+        image_hash = array_sha256(image)
+        # labels are keyed by image and label content, so an edited label map is never served stale
+        label_hash = array_sha256(label)[:16] if label is not None else "nolabel"
+        views = []
+        for view in range(views_per_image):
+            if view == 0:
+                view_id = "v0"
+                view_image, view_label = image, label
+            else:
+                view_id = f"v{view}-s{seed}-{aug_fp}"
+                _seed_transform(augmentation, _view_seed(seed, image_hash, view))
+                out = augmentation({"image": torch.as_tensor(image), "label": torch.as_tensor(label)})
+                view_image = _as_numpy(out["image"]).astype(np.float32)
+                view_label = _as_numpy(out["label"])
+            views.append((view, view_id, view_image, view_label))
+
+        record_paths: dict[int, dict[str, str]] = {v[0]: {} for v in views}
+        for key, encoder in encoders.items():
+            pending = []
+            for view, view_id, view_image, _ in views:
+                path = cache.embedding_path(encoder.cache_key, image_hash, view_id)
+                record_paths[view][key] = str(path)
+                if cache.is_valid(path, tuple(encoder.embedding_shape)):
+                    reused += 1
+                else:
+                    pending.append((path, view_image))
+            # group by shape: the un-augmented view keeps the original size, augmented views the canvas size
+            by_shape: dict[tuple[int, ...], list] = {}
+            for path, view_image in pending:
+                by_shape.setdefault(view_image.shape, []).append((path, view_image))
+            for group in by_shape.values():
+                for start in range(0, len(group), batch_size):
+                    chunk = group[start : start + batch_size]
+                    batch = torch.from_numpy(np.stack([img for _, img in chunk])).to(device)
+                    with torch.no_grad():
+                        embeddings = encoder(batch).float().cpu().numpy()
+                    for (path, _), embedding in zip(chunk, embeddings):
+                        cache.save_embedding(path, embedding)
+                        computed += 1
+
+        for view, view_id, view_image, view_label in views:
+            record = dict(record_paths[view])
+            h, w = view_image.shape[-2:]
+            if view_label is not None:
+                label_path = cache.label_path(f"{image_hash[:16]}{label_hash}", view_id)
+                view_label = view_label.reshape(1, *view_label.shape[-2:])
+                if not cache.is_valid(label_path, tuple(view_label.shape)):
+                    cache.save_label(label_path, view_label)
+                record["label"] = str(label_path)
+            any_encoder = next(iter(encoders.values()))
+            record["input_size"] = as_size_tensor(any_encoder.input_size(h, w))
+            record["original_size"] = as_size_tensor((h, w))
+            record["image_path"] = str(item.get("image", ""))
+            record["view"] = view
+            records.append(record)
+    logger.info(
+        "Embedding cache %s: %d embeddings computed, %d reused, %d records.", cache.root, computed, reused, len(records)
+    )
+    return records
+
+
+def cached_embedding_dataset(records: Sequence[dict], *, mask_grid: int | None = 256) -> Dataset:
+    """MONAI ``Dataset`` of cached embeddings.
+
+    Args:
+        records: output of :func:`precompute_embeddings`.
+        mask_grid: put the label on the decoder's ``mask_grid x mask_grid`` grid (training); None keeps the
+            label at the image's size (evaluation at full resolution).
+    """
+    transforms: list = [LoadCachedArrayd(keys=["sam", "mae", "label"], allow_missing_keys=True)]
+    if mask_grid is not None:
+        transforms.append(LabelToMaskGridd(keys="label", grid=mask_grid))
+    return Dataset(data=list(records), transform=Compose(transforms))

@@ -1,0 +1,19 @@
+"""Engine pieces of scsam-monai for MONAI's Ignite workflows: batches, the training step, handlers, inference."""
+
+from __future__ import annotations
+
+from . import batch, checkpoint, handlers, inference, train_step
+from .batch import EmbeddingBatch
+from .checkpoint import load_head_weights
+from .train_step import ScSAMTrainStep
+
+__all__ = [
+    "batch",
+    "checkpoint",
+    "handlers",
+    "inference",
+    "train_step",
+    "EmbeddingBatch",
+    "ScSAMTrainStep",
+    "load_head_weights",
+]

@@ -1,0 +1,344 @@
+"""Ignite handlers of scsam-monai: parameter count, learning curve, metrics report, overlays, label maps.
+
+MONAI's handlers cover statistics, TensorBoard, validation, checkpoints and LR schedules; these add what
+users of this bundle want to look at afterwards, written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from ..atomic import atomic_save_figure, atomic_write_json, atomic_write_text
+from ..networks.scsam import count_trainable_parameters
+
+__all__ = [
+    "PAPER_TRAINABLE_PARAMETERS",
+    "TrainableParameterLogger",
+    "LearningCurve",
+    "MetricsReport",
+    "OverlayWriter",
+    "LabelMapWriter",
+    "format_metrics_markdown",
+]
+
+logger = logging.getLogger(__name__)
+
+PAPER_TRAINABLE_PARAMETERS = 27.6e6
+# Colours of label values 1..: nucleus, mitochondria, granules, then more for other data sets.
+_CLASS_COLOURS = np.array(
+    [[0.12, 0.47, 0.71], [0.89, 0.10, 0.11], [1.00, 0.80, 0.00], [0.17, 0.63, 0.17], [0.58, 0.40, 0.74]]
+)
+
+
+def _matplotlib():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+class TrainableParameterLogger:
+    """Log the trainable and frozen parameter counts of the trained network when training starts.
+
+    Args:
+        frozen_modules: modules that run frozen beside it (the encoders), counted as frozen.
+    """
+
+    def __init__(self, frozen_modules: Sequence[torch.nn.Module | None] = ()) -> None:
+        self.frozen_modules = [m for m in frozen_modules if m is not None]
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        network = engine.network
+        trainable = count_trainable_parameters(network)
+        frozen = sum(p.numel() for p in network.parameters() if not p.requires_grad)
+        frozen += sum(p.numel() for m in self.frozen_modules for p in m.parameters())
+        engine.state.trainable_parameters = trainable
+        logger.info(
+            "Trainable parameters: %.2fM (paper: %.1fM); frozen parameters: %.2fM.",
+            trainable / 1e6,
+            PAPER_TRAINABLE_PARAMETERS / 1e6,
+            frozen / 1e6,
+        )
+
+
+class LearningCurve:
+    """Record the mean training loss per epoch and the validation key metric, and plot both.
+
+    Attached to the trainer; it also listens to the ``validator`` so that a validation run before training
+    (``ValidationHandler(exec_at_start=True)``) is recorded as epoch 0, the untrained value.
+
+    Args:
+        output_dir: folder of ``learning_curve.json`` and ``learning_curve.png``.
+        validator: the evaluator whose key metric is recorded.
+        metric_name: the metric to record (the evaluator's key metric name).
+    """
+
+    def __init__(self, output_dir: str | Path, validator: Engine | None = None, metric_name: str = "val_mean_dice"):
+        self.output_dir = Path(output_dir)
+        self.validator = validator
+        self.metric_name = metric_name
+        self.history: dict[str, list] = {"epoch": [], "train_loss": [], "val_epoch": [], "val_metric": []}
+        self._losses: list[float] = []
+        self._trainer: Engine | None = None
+
+    def attach(self, trainer: Engine) -> None:
+        self._trainer = trainer
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._record_iteration)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self._record_epoch)
+        if self.validator is not None:
+            self.validator.add_event_handler(Events.COMPLETED, self._record_validation)
+
+    def _record_iteration(self, engine: Engine) -> None:
+        output = engine.state.output
+        loss = output.get("loss") if isinstance(output, Mapping) else None
+        if loss is not None:
+            self._losses.append(float(loss))
+
+    def _record_epoch(self, engine: Engine) -> None:
+        self.history["epoch"].append(engine.state.epoch)
+        self.history["train_loss"].append(float(np.mean(self._losses)) if self._losses else math.nan)
+        self._losses = []
+        self.write()
+
+    def _record_validation(self, validator: Engine) -> None:
+        epoch = self._trainer.state.epoch if self._trainer is not None else 0
+        value = validator.state.metrics.get(self.metric_name)
+        if value is None:
+            return
+        if self.history["val_epoch"] and self.history["val_epoch"][-1] == epoch:
+            self.history["val_metric"][-1] = float(value)
+        else:
+            self.history["val_epoch"].append(epoch)
+            self.history["val_metric"].append(float(value))
+        self.write()
+
+    def write(self) -> None:
+        """Write the JSON history and the PNG plot."""
+        atomic_write_json(self.output_dir / "learning_curve.json", {"metric_name": self.metric_name, **self.history})
+        plt = _matplotlib()
+        fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(9, 3.4))
+        ax_loss.plot(self.history["epoch"], self.history["train_loss"], marker="o", color="tab:blue")
+        ax_loss.set(xlabel="epoch", ylabel="training loss", title="Training loss (mean per epoch)")
+        ax_val.plot(self.history["val_epoch"], self.history["val_metric"], marker="o", color="tab:green")
+        ax_val.set(xlabel="epoch (0 = untrained)", ylabel=self.metric_name, title="Validation")
+        ax_val.set_ylim(0, 1)
+        for ax in (ax_loss, ax_val):
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        atomic_save_figure(self.output_dir / "learning_curve.png", fig)
+        plt.close(fig)
+
+
+def format_metrics_markdown(scores: Mapping, class_names: Sequence[str], title: str = "Segmentation metrics") -> str:
+    """A Markdown table of ``segmentation_scores`` output: the aggregate scores, then Dice per class."""
+
+    def fmt(value: object) -> str:
+        return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):.4f}"
+
+    lines = [f"## {title}", "", "| metric | value |", "|---|---|"]
+    for key in ("challenge_iou", "iou", "mc_iou", "miou", "aji", "dice_mean"):
+        if key in scores:
+            lines.append(f"| {key} | {fmt(scores[key])} |")
+    dice = scores.get("dice", {})
+    if dice:
+        lines += ["", "| class | Dice |", "|---|---|"]
+        for index, value in sorted(dice.items(), key=lambda kv: int(kv[0])):
+            name = class_names[int(index)] if int(index) < len(class_names) else str(index)
+            lines.append(f"| {name} | {fmt(value)} |")
+    return "\n".join(lines) + "\n"
+
+
+class MetricsReport:
+    """Write ``metrics.json`` and ``metrics.md`` with every score when the evaluator completes.
+
+    Args:
+        output_dir: destination folder.
+        metric_handler: the evaluator's segmentation-scores handler, whose full score dict is reported.
+        class_names: names of label values 0..C (0 = background).
+        extra: additional facts to put in the JSON (data set, checkpoint, whether weights are pretrained).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        metric_handler: object,
+        class_names: Sequence[str] = ("background", "nucleus", "mitochondria", "granules"),
+        extra: Mapping | None = None,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.metric_handler = metric_handler
+        self.class_names = list(class_names)
+        self.extra = dict(extra or {})
+        self.scores: dict | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        scores = getattr(self.metric_handler, "last_scores", None)
+        if scores is None:
+            raise RuntimeError("MetricsReport: the metric handler has no scores; is it attached to this evaluator?")
+        dice = {
+            self.class_names[int(k)] if int(k) < len(self.class_names) else str(k): v for k, v in scores["dice"].items()
+        }
+        report = {k: v for k, v in scores.items() if k != "dice"}
+        report["dice_per_class"] = dice
+        per_image = getattr(getattr(self.metric_handler, "metric_fn", None), "per_image_iou", None)
+        report["num_images"] = int(per_image().shape[0]) if callable(per_image) else None
+        report.update(self.extra)
+        self.scores = report
+        atomic_write_json(self.output_dir / "metrics.json", report)
+        atomic_write_text(self.output_dir / "metrics.md", format_metrics_markdown(scores, self.class_names))
+        logger.info("Metrics written to %s", self.output_dir / "metrics.json")
+
+
+def _display(image: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(image, (0.5, 99.5))
+    return np.clip((image.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1)
+
+
+def _colourise(image: np.ndarray, label: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    rgb = np.repeat(_display(image)[..., None], 3, axis=-1)
+    for value in np.unique(label):
+        if value == 0:
+            continue
+        colour = _CLASS_COLOURS[(int(value) - 1) % len(_CLASS_COLOURS)]
+        mask = label == value
+        rgb[mask] = (1 - alpha) * rgb[mask] + alpha * colour
+    return rgb
+
+
+def _batch_paths(engine: Engine, key: str = "image_path") -> list[str]:
+    """Image paths of the current batch, whether MONAI decollated it (list of dicts) or not (dict of lists)."""
+    batch = engine.state.batch
+    if isinstance(batch, list):
+        return [str(item.get(key, "")) for item in batch]
+    paths = batch.get(key, [])
+    return [str(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
+
+
+def _squeeze_map(x: object) -> np.ndarray:
+    array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return array.reshape(array.shape[-2:])
+
+
+class OverlayWriter:
+    """Write a PNG grid: image | ground truth | prediction (the ground-truth column when labels exist).
+
+    Args:
+        output_dir: destination folder.
+        filename: PNG file name.
+        max_images: rows of the grid (the first images of the run).
+        class_names: names of label values 0..C, for the legend.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        filename: str = "overlay.png",
+        max_images: int = 4,
+        class_names: Sequence[str] = ("background", "nucleus", "mitochondria", "granules"),
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.filename = filename
+        self.max_images = max_images
+        self.class_names = list(class_names)
+        self.rows: list[tuple[str, np.ndarray, np.ndarray | None, np.ndarray]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _collect(self, engine: Engine) -> None:
+        from ..data.imageio import read_image_2d
+
+        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+        paths = _batch_paths(engine)
+        for i, output in enumerate(outputs):
+            if len(self.rows) >= self.max_images or i >= len(paths):
+                return
+            pred = _squeeze_map(output["pred"]).astype(np.int64)
+            label = output.get("label")
+            label = _squeeze_map(label).astype(np.int64) if label is not None else None
+            image = read_image_2d(paths[i])
+            if image.shape != pred.shape:
+                raise ValueError(f"{paths[i]}: image {image.shape} and prediction {pred.shape} differ in size.")
+            self.rows.append((Path(paths[i]).name, image, label, pred))
+
+    def _write(self, engine: Engine) -> None:
+        if not self.rows:
+            return
+        plt = _matplotlib()
+        has_label = any(r[2] is not None for r in self.rows)
+        cols = 3 if has_label else 2
+        fig, axes = plt.subplots(len(self.rows), cols, figsize=(3.2 * cols, 3.2 * len(self.rows)), squeeze=False)
+        titles = ["image", "ground truth", "prediction"] if has_label else ["image", "prediction"]
+        for r, (name, image, label, pred) in enumerate(self.rows):
+            panels = [np.repeat(_display(image)[..., None], 3, axis=-1)]
+            if has_label:
+                panels.append(_colourise(image, label if label is not None else np.zeros_like(pred)))
+            panels.append(_colourise(image, pred))
+            for c, panel in enumerate(panels):
+                axes[r, c].imshow(panel)
+                axes[r, c].set_axis_off()
+                axes[r, c].set_title(f"{titles[c]}" + (f"\n{name}" if c == 0 else ""), fontsize=8)
+        handles = [
+            plt.Rectangle((0, 0), 1, 1, color=_CLASS_COLOURS[(i - 1) % len(_CLASS_COLOURS)])
+            for i in range(1, len(self.class_names))
+        ]
+        fig.legend(handles, self.class_names[1:], loc="lower center", ncol=len(handles), fontsize=8)
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
+        atomic_save_figure(self.output_dir / self.filename, fig)
+        plt.close(fig)
+        logger.info("Overlay written to %s", self.output_dir / self.filename)
+
+
+class LabelMapWriter:
+    """Write each prediction as an integer label map TIFF named after its image (``<stem>_seg.tif``).
+
+    Args:
+        output_dir: destination folder.
+        suffix: appended to the image's stem.
+    """
+
+    def __init__(self, output_dir: str | Path, suffix: str = "_seg") -> None:
+        self.output_dir = Path(output_dir)
+        self.suffix = suffix
+        self.written: list[Path] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        import tifffile
+
+        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+        paths = _batch_paths(engine)
+        for output, path in zip(outputs, paths, strict=True):
+            pred = _squeeze_map(output["pred"])
+            dtype = np.uint8 if pred.max(initial=0) < 256 else np.uint16
+            target = self.output_dir / f"{Path(path).name.split('.')[0]}{self.suffix}.tif"
+            self.written.append(_write_tiff(target, pred.astype(dtype), tifffile))
+
+
+def _write_tiff(path: Path, array: np.ndarray, tifffile) -> Path:
+    import io
+
+    from ..atomic import atomic_write
+
+    buffer = io.BytesIO()  # tifffile wants a named file or a buffer; the atomic temp file is an fd
+    tifffile.imwrite(buffer, array)
+    return atomic_write(path, lambda h: h.write(buffer.getvalue()))

@@ -1,0 +1,99 @@
+"""ScSAM losses: cosine alignment of the two streams, prototype NT-Xent, and Dice.
+
+Total loss = ``lambda_cos * L_cos + L_NTX + Dice`` with ``lambda_cos = 0.2`` (paper).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceLoss
+from torch import nn
+
+__all__ = ["cosine_alignment_loss", "PrototypeNTXentLoss", "ScSAMLoss", "labels_to_one_hot"]
+
+
+def cosine_alignment_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``1 - mean cosine similarity`` of two feature maps ``(B, N, H, W)``, compared per position."""
+    if a.shape != b.shape:
+        raise ValueError(f"Aligned streams differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}.")
+    return 1.0 - F.cosine_similarity(a, b, dim=1).mean()
+
+
+class PrototypeNTXentLoss(nn.Module):
+    """NT-Xent between class embeddings and the prototype bank.
+
+    Each class embedding's positive is its own class prototype, the other prototypes are its negatives:
+    ``-log(exp(cos(e, p_y) / tau) / sum_k exp(cos(e, p_k) / tau))``, averaged over embeddings. MONAI's
+    ``ContrastiveLoss`` pairs two equally sized views of a batch (SimCLR) and cannot take a fixed bank of
+    one anchor per class, hence this short implementation (tested against a hand computation).
+
+    Args:
+        temperature: tau (0.07 by default, as in SurgicalSAM).
+    """
+
+    def __init__(self, temperature: float = 0.07) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}.")
+        self.temperature = temperature
+
+    def forward(self, prototypes: torch.Tensor, embeddings: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
+        """Loss for prototypes ``(C, N)``, embeddings ``(M, N)`` and their class ids ``(M,)`` in 0..C-1.
+
+        With no embeddings (no class in the batch) it returns a zero that still belongs to the graph.
+        """
+        if embeddings.shape[0] == 0:
+            return prototypes.sum() * 0.0
+        logits = F.normalize(embeddings, dim=1) @ F.normalize(prototypes, dim=1).T / self.temperature
+        return F.cross_entropy(logits, class_ids.long())
+
+
+def labels_to_one_hot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Integer label map ``(B, 1, H, W)`` -> foreground one-hot ``(B, C, H, W)`` (background dropped)."""
+    if label.ndim == 4:
+        label = label[:, 0]
+    return F.one_hot(label.long().clamp(0, num_classes), num_classes + 1)[..., 1:].permute(0, 3, 1, 2).float()
+
+
+class ScSAMLoss(nn.Module):
+    """``lambda_cos * L_cos + L_NTX + Dice`` for the outputs of ``ScSAMHead.forward_with_aux``.
+
+    Dice is MONAI's ``DiceLoss`` on sigmoid probabilities of the per-class masks (each class is decoded as
+    its own binary mask), pooled over the batch so that classes absent from one image do not dominate.
+
+    Args:
+        num_classes: C.
+        lambda_cos: weight of the cosine alignment loss (0.2 in the paper).
+        temperature: NT-Xent temperature.
+        lambda_ntx: weight of the NT-Xent loss (1 in the paper).
+    """
+
+    def __init__(
+        self, *, num_classes: int = 3, lambda_cos: float = 0.2, temperature: float = 0.07, lambda_ntx: float = 1.0
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.lambda_cos = lambda_cos
+        self.lambda_ntx = lambda_ntx
+        self.ntxent = PrototypeNTXentLoss(temperature)
+        self.dice = DiceLoss(sigmoid=True, batch=True)
+
+    def forward(
+        self, logits: torch.Tensor, label: torch.Tensor, aux: dict[str, torch.Tensor | None]
+    ) -> dict[str, torch.Tensor]:
+        """Loss terms for logits ``(B, C, H, W)`` and the label map ``(B, 1, H, W)`` on the same grid.
+
+        Returns:
+            dict with ``loss`` (the total, to back-propagate), ``cos``, ``ntx`` and ``dice``.
+        """
+        if logits.shape[-2:] != label.shape[-2:]:
+            raise ValueError(f"Logits {tuple(logits.shape)} and label {tuple(label.shape)} differ in size.")
+        dice = self.dice(logits.float(), labels_to_one_hot(label, self.num_classes))
+        if aux.get("aligned_sam") is not None and aux.get("aligned_mae") is not None:
+            cos = cosine_alignment_loss(aux["aligned_sam"].float(), aux["aligned_mae"].float())
+        else:
+            cos = logits.new_zeros(())
+        ntx = self.ntxent(aux["prototypes"].float(), aux["class_embeddings"].float(), aux["class_ids"])
+        total = self.lambda_cos * cos + self.lambda_ntx * ntx + dice
+        return {"loss": total, "cos": cos.detach(), "ntx": ntx.detach(), "dice": dice.detach()}

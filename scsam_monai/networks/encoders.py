@@ -1,0 +1,460 @@
+"""The two frozen image encoders of ScSAM: SAM's ViT image encoder and an MAE ViT pre-trained on EM.
+
+Both take images of any size with intensities in [0, 1], shape (B, C, H, W), C in {1, 3}, place them on their
+square canvas (longest side resized to the canvas, bottom/right padding; see :mod:`.geometry`) and return a 64x64
+embedding: (B, 256, 64, 64) for SAM, (B, 512, 64, 64) for the MAE. Their weights never change: parameters do not
+require gradients, the modules stay in eval mode when ``.train()`` is called, and ``forward`` runs under
+``torch.no_grad()``. ``cache_key`` identifies architecture and weights, for caches of precomputed embeddings.
+
+Pretrained weights are required. Random weights (for tests and the CPU demo, with the ``"tiny"`` architectures)
+must be asked for with ``allow_random_weights=True`` and are announced with a WARNING in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from segment_anything.modeling import ImageEncoderViT
+from timm.models.vision_transformer import VisionTransformer
+
+from .checkpoints import load_mae_state_dict, load_sam_state_dict, sha256_file, submodule_state
+from .geometry import longest_side_size, pad_to_square, resize_longest
+
+__all__ = ["SAM_ARCHITECTURES", "MAE_ARCHITECTURES", "FrozenSamEncoder", "FrozenMaeEncoder"]
+
+logger = logging.getLogger(__name__)
+
+_SAM_COMMON = {
+    "img_size": 1024,
+    "patch_size": 16,
+    "window_size": 14,
+    "mlp_ratio": 4.0,
+    "qkv_bias": True,
+    "use_rel_pos": True,
+    "out_chans": 256,
+    "layer_norm_eps": 1e-6,
+}
+
+#: Keyword arguments of ``segment_anything.modeling.ImageEncoderViT`` per architecture (``layer_norm_eps`` becomes
+#: ``norm_layer``). vit_b/l/h are exactly those of ``segment_anything.build_sam``; "tiny" (tests, CPU demo) keeps
+#: the 64x64 token grid and the 256x64x64 output with a 256 canvas, 4-pixel patches and two narrow blocks.
+SAM_ARCHITECTURES: dict[str, dict] = {
+    "vit_b": {**_SAM_COMMON, "embed_dim": 768, "depth": 12, "num_heads": 12, "global_attn_indexes": (2, 5, 8, 11)},
+    "vit_l": {**_SAM_COMMON, "embed_dim": 1024, "depth": 24, "num_heads": 16, "global_attn_indexes": (5, 11, 17, 23)},
+    "vit_h": {**_SAM_COMMON, "embed_dim": 1280, "depth": 32, "num_heads": 16, "global_attn_indexes": (7, 15, 23, 31)},
+    "tiny": {
+        **_SAM_COMMON,
+        "img_size": 256,
+        "patch_size": 4,
+        "window_size": 8,
+        "embed_dim": 64,
+        "depth": 2,
+        "num_heads": 2,
+        "global_attn_indexes": (1,),
+    },
+}
+
+#: MAE ViT encoders (timm ``VisionTransformer``, one input channel, class token). ``fov`` is the pre-training field
+#: of view (the position embeddings' grid is ``fov / patch_size``, interpolated to ``tile_size / patch_size`` when
+#: embedding), ``canvas`` the square the image is placed on, ``tile_size`` the side of the tiles encoded in one
+#: batch and stitched by position. "mae_vit_512" follows the paper (field of view 256, patch 16, width 512); the
+#: paper does not state depth and heads, so 8 blocks of 16 heads are used (the widths of MAE's standard 512-wide
+#: transformer); a checkpoint of another depth fails to load with a clear error. "tiny" (tests, CPU demo) keeps
+#: the width 512 and the 64x64 token grid with a 256 canvas and 4-pixel patches.
+MAE_ARCHITECTURES: dict[str, dict] = {
+    "mae_vit_512": {
+        "canvas": 1024,
+        "tile_size": 512,
+        "fov": 256,
+        "patch_size": 16,
+        "embed_dim": 512,
+        "depth": 8,
+        "num_heads": 16,
+        "mlp_ratio": 4.0,
+    },
+    "tiny": {
+        "canvas": 256,
+        "tile_size": 128,
+        "fov": 64,
+        "patch_size": 4,
+        "embed_dim": 512,
+        "depth": 1,
+        "num_heads": 4,
+        "mlp_ratio": 4.0,
+    },
+}
+
+_SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
+_SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+def _check_images(images: torch.Tensor, owner: str) -> None:
+    """Validate a batch of images (B, C, H, W), C in {1, 3}, finite floats in [0, 1]."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"{owner} expects images of shape (B, C, H, W), got {shape}.")
+    if images.shape[1] not in (1, 3):
+        raise ValueError(f"{owner} expects 1 (grayscale) or 3 (RGB) channels, got {images.shape[1]} channels.")
+    if min(images.shape) == 0:
+        raise ValueError(f"{owner} got an empty batch or image of shape {tuple(images.shape)}.")
+    if not images.is_floating_point():
+        raise ValueError(f"{owner} expects floating point intensities in [0, 1], got dtype {images.dtype}.")
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{owner} got non-finite values (NaN or inf) in the images.")
+    if images.max() > 2.0:
+        raise ValueError(
+            f"{owner} expects intensities in [0, 1], got a maximum of {images.max().item():.4g}; "
+            "scale the images to [0, 1] first (e.g. divide 8-bit images by 255)."
+        )
+
+
+def _random_weights_or_refuse(owner: str, arch: str, allow_random_weights: bool, seed: int, hint: str) -> None:
+    """Refuse to build without a checkpoint unless random weights were asked for; then warn loudly."""
+    if not allow_random_weights:
+        raise ValueError(
+            f"{owner}(arch={arch!r}) needs a pretrained checkpoint, and none was given. {hint} To run with random "
+            "weights anyway (tests, CPU demo), set `allow_random_weights: true` in the config "
+            "(allow_random_weights=True)."
+        )
+    logger.warning(
+        "!!! %s(arch=%r) is using RANDOM weights (seed %d), not a pretrained checkpoint. Its embeddings are not "
+        "meaningful: results obtained with it must NOT be reported as pretrained ScSAM results. !!!",
+        owner,
+        arch,
+        seed,
+    )
+
+
+class _FrozenEncoder(nn.Module):
+    """Base of the frozen encoders: no gradients, always in eval mode."""
+
+    img_size: int
+
+    def _freeze(self) -> None:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> _FrozenEncoder:
+        """Keep eval mode whatever ``mode`` is (the encoder is frozen).
+
+        Args:
+            mode: ignored.
+        """
+        return super().train(False)
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """Size ``(h', w')`` of an ``height`` x ``width`` image resized onto the canvas (before padding).
+
+        Args:
+            height: height of the original image.
+            width: width of the original image.
+        """
+        return longest_side_size(height, width, self.img_size)
+
+
+def _infer_sam_arch(state: dict[str, torch.Tensor]) -> str | None:
+    """Name of the SAM_ARCHITECTURES entry whose shapes match an ``image_encoder`` state dict, if any."""
+    w = state.get("patch_embed.proj.weight")
+    if w is None or w.ndim != 4:
+        return None
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    for name, cfg in SAM_ARCHITECTURES.items():
+        if (cfg["embed_dim"], cfg["patch_size"], cfg["depth"]) == (w.shape[0], w.shape[-1], depth):
+            return name
+    return f"unknown (embed_dim {w.shape[0]}, patch {w.shape[-1]}, depth {depth})"
+
+
+def _short(error: Exception, lines: int = 4) -> str:
+    text = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(text[:lines]) + (" ..." if len(text) > lines else "")
+
+
+class FrozenSamEncoder(_FrozenEncoder):
+    """SAM's ViT image encoder, frozen, with SAM's preprocessing.
+
+    Images are replicated to 3 channels if grayscale, scaled to [0, 255], resized (longest side to the canvas,
+    antialiased bilinear), normalised with SAM's pixel mean/std and zero-padded at the bottom/right, as
+    ``segment_anything.modeling.Sam.preprocess`` (the resize is ``ResizeLongestSide.apply_image_torch``'s).
+
+    Args:
+        arch: key of :data:`SAM_ARCHITECTURES`: ``"vit_b"``, ``"vit_l"``, ``"vit_h"`` or ``"tiny"`` (tests/CPU).
+        checkpoint: SAM or SAM-compatible checkpoint (see :func:`.checkpoints.load_sam_state_dict`); None or "" for
+            none.
+        allow_random_weights: build with random weights when ``checkpoint`` is None (a WARNING is logged).
+        seed: seed of the random weights (the global RNG is left untouched).
+
+    Attributes:
+        img_size: side of the square canvas (1024, 256 for "tiny").
+        embedding_shape: (256, 64, 64), the shape of one image's embedding.
+        cache_key: ``"sam-<arch>-<sha256 of the checkpoint>"`` or ``"sam-<arch>-random-seed<seed>"``.
+
+    Example::
+
+        enc = FrozenSamEncoder(arch="vit_b", checkpoint="models/sam_vit_b_01ec64.pth")
+        emb = enc(torch.rand(2, 1, 768, 1024))  # (2, 256, 64, 64)
+    """
+
+    def __init__(
+        self,
+        *,
+        arch: str = "vit_b",
+        checkpoint: str | Path | None = None,
+        allow_random_weights: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if arch not in SAM_ARCHITECTURES:
+            raise ValueError(f"unknown SAM arch {arch!r}, expected one of {sorted(SAM_ARCHITECTURES)}.")
+        cfg = dict(SAM_ARCHITECTURES[arch])
+        self.arch = arch
+        self.checkpoint = str(checkpoint) if checkpoint else None
+        self.img_size = int(cfg["img_size"])
+        grid = self.img_size // cfg["patch_size"]
+        self.embedding_shape = (int(cfg["out_chans"]), grid, grid)
+        if self.checkpoint is None:
+            _random_weights_or_refuse(
+                "FrozenSamEncoder",
+                arch,
+                allow_random_weights,
+                seed,
+                "Pass checkpoint=<path to an official SAM checkpoint, e.g. sam_vit_b_01ec64.pth> "
+                "(see bundle/large_files.yml).",
+            )
+        eps = cfg.pop("layer_norm_eps")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.encoder = ImageEncoderViT(norm_layer=partial(nn.LayerNorm, eps=eps), **cfg)
+        if self.checkpoint is None:
+            self.cache_key = f"sam-{arch}-random-seed{seed}"
+        else:
+            state = submodule_state(load_sam_state_dict(self.checkpoint), "image_encoder")
+            try:
+                self.encoder.load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                held = _infer_sam_arch(state)
+                raise ValueError(
+                    f"checkpoint '{self.checkpoint}' does not match the SAM image encoder arch {arch!r}"
+                    f"{f'; the file holds arch {held!r}' if held else ''}. Set the arch that matches the file. "
+                    f"Details: {_short(e)}"
+                ) from e
+            self.cache_key = f"sam-{arch}-{sha256_file(self.checkpoint)}"
+        self.register_buffer("pixel_mean", torch.tensor(_SAM_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(_SAM_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+        self._freeze()
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Place images on SAM's normalised canvas.
+
+        Args:
+            images: intensities in [0, 1], shape (B, C, H, W), C in {1, 3}.
+
+        Returns:
+            Tensor (B, 3, S, S), S = ``img_size``; the padded region is 0 (SAM's order: normalise, then pad).
+        """
+        _check_images(images, type(self).__name__)
+        x = images.to(device=self.pixel_mean.device, dtype=self.pixel_mean.dtype)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = resize_longest(x * 255.0, self.img_size, mode="bilinear")
+        x = (x - self.pixel_mean) / self.pixel_std
+        return pad_to_square(x, self.img_size, pad_value=0.0)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Embed images.
+
+        Args:
+            images: intensities in [0, 1], shape (B, C, H, W), C in {1, 3}, any H, W.
+
+        Returns:
+            Embeddings (B, 256, 64, 64) covering the canvas; the image occupies the top-left
+            ``input_size(H, W)`` scaled by 64 / ``img_size``.
+        """
+        return self.encoder(self.preprocess(images))
+
+
+class FrozenMaeEncoder(_FrozenEncoder):
+    """An MAE ViT pre-trained on EM, frozen, applied tile by tile to a large canvas.
+
+    Images (grayscale; RGB is averaged to one channel) are resized (longest side to the canvas, antialiased
+    bilinear), zero-padded at the bottom/right IN INTENSITY SPACE (the padding is black, 0, like EM background
+    outside the image) and then normalised with ``(x - pixel_mean) / pixel_std``: unlike SAM, padding comes before
+    normalisation. The canvas is cut into ``(canvas / tile_size)**2`` tiles, all encoded in one batch by the ViT
+    (position embeddings interpolated from the ``fov / patch`` grid to the ``tile_size / patch`` grid), and the
+    tiles' token grids are stitched back by position into a 64x64 grid.
+
+    Args:
+        arch: key of :data:`MAE_ARCHITECTURES`: ``"mae_vit_512"`` or ``"tiny"`` (tests/CPU).
+        checkpoint: MAE encoder checkpoint (see :func:`.checkpoints.load_mae_state_dict`); None or "" for none.
+        allow_random_weights: build with random weights when ``checkpoint`` is None (a WARNING is logged).
+        seed: seed of the random weights (the global RNG is left untouched).
+        tile_size: tile side on the canvas; None for the arch's (512, or 128 for "tiny"). Must divide the canvas
+            and be a multiple of the patch size (256 gives 16 tiles of 16x16 tokens for "mae_vit_512").
+        pixel_mean: intensity mean subtracted after padding.
+        pixel_std: intensity standard deviation divided by after padding.
+
+    Attributes:
+        img_size: side of the square canvas (1024, 256 for "tiny").
+        tile_size: side of a tile on the canvas.
+        embedding_shape: (512, 64, 64), the shape of one image's embedding.
+        cache_key: ``"mae-<arch>-t<tile_size>-<sha256 of the checkpoint>"`` or
+            ``"mae-<arch>-t<tile_size>-random-seed<seed>"``, suffixed ``"-norm<mean>_<std>"`` when the
+            normalisation is not the default.
+
+    Example::
+
+        enc = FrozenMaeEncoder(arch="mae_vit_512", checkpoint="models/mae_em_vit512.pth")
+        emb = enc(torch.rand(2, 1, 768, 1024))  # (2, 512, 64, 64)
+    """
+
+    def __init__(
+        self,
+        *,
+        arch: str = "mae_vit_512",
+        checkpoint: str | Path | None = None,
+        allow_random_weights: bool = False,
+        seed: int = 0,
+        tile_size: int | None = None,
+        pixel_mean: float = 0.5,
+        pixel_std: float = 0.25,
+    ) -> None:
+        super().__init__()
+        if arch not in MAE_ARCHITECTURES:
+            raise ValueError(f"unknown MAE arch {arch!r}, expected one of {sorted(MAE_ARCHITECTURES)}.")
+        cfg = MAE_ARCHITECTURES[arch]
+        self.arch = arch
+        self.checkpoint = str(checkpoint) if checkpoint else None
+        self.img_size = int(cfg["canvas"])
+        self.patch_size = int(cfg["patch_size"])
+        self.tile_size = int(tile_size) if tile_size is not None else int(cfg["tile_size"])
+        if self.tile_size <= 0 or self.img_size % self.tile_size or self.tile_size % self.patch_size:
+            raise ValueError(
+                f"tile_size {self.tile_size} must divide the canvas ({self.img_size}) and be a multiple of the "
+                f"patch size ({self.patch_size}) for MAE arch {arch!r}."
+            )
+        if pixel_std <= 0:
+            raise ValueError(f"pixel_std must be positive, got {pixel_std}.")
+        self.register_buffer("pixel_mean", torch.tensor(float(pixel_mean)), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(float(pixel_std)), persistent=False)
+        self.tiles_per_side = self.img_size // self.tile_size
+        grid = self.img_size // self.patch_size
+        self.embedding_shape = (int(cfg["embed_dim"]), grid, grid)
+        if self.checkpoint is None:
+            _random_weights_or_refuse(
+                "FrozenMaeEncoder",
+                arch,
+                allow_random_weights,
+                seed,
+                "Pass checkpoint=<path to the MAE encoder checkpoint pre-trained on EM> (see bundle/large_files.yml).",
+            )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.backbone = VisionTransformer(
+                img_size=cfg["fov"],
+                patch_size=cfg["patch_size"],
+                in_chans=1,
+                embed_dim=cfg["embed_dim"],
+                depth=cfg["depth"],
+                num_heads=cfg["num_heads"],
+                mlp_ratio=cfg["mlp_ratio"],
+                num_classes=0,
+                global_pool="",
+                class_token=True,
+                dynamic_img_size=True,
+            )
+        tile_key = f"mae-{arch}-t{self.tile_size}"
+        if self.checkpoint is None:
+            self.cache_key = f"{tile_key}-random-seed{seed}"
+        else:
+            state = load_mae_state_dict(self.checkpoint)
+            try:
+                self.backbone.load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                raise ValueError(
+                    f"checkpoint '{self.checkpoint}' does not match the MAE ViT arch {arch!r} "
+                    f"({cfg['embed_dim']} wide, {cfg['depth']} blocks, patch {cfg['patch_size']}, field of view "
+                    f"{cfg['fov']}). Details: {_short(e)}"
+                ) from e
+            self.cache_key = f"{tile_key}-{sha256_file(self.checkpoint)}"
+        if (pixel_mean, pixel_std) != (0.5, 0.25):  # another normalisation gives other embeddings
+            self.cache_key += f"-norm{float(pixel_mean):g}_{float(pixel_std):g}"
+        self._freeze()
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Place images on the normalised canvas.
+
+        Args:
+            images: intensities in [0, 1], shape (B, C, H, W), C in {1, 3} (RGB is averaged).
+
+        Returns:
+            Tensor (B, 1, S, S), S = ``img_size``: resized, padded with 0 in intensity space, then normalised
+            (the padded region is ``-pixel_mean / pixel_std``).
+        """
+        _check_images(images, type(self).__name__)
+        x = images.to(device=self.pixel_mean.device, dtype=self.pixel_mean.dtype)
+        if x.shape[1] == 3:
+            x = x.mean(dim=1, keepdim=True)
+        x = pad_to_square(resize_longest(x, self.img_size, mode="bilinear"), self.img_size, pad_value=0.0)
+        return (x - self.pixel_mean) / self.pixel_std
+
+    def tile(self, x: torch.Tensor) -> torch.Tensor:
+        """Cut canvases into tiles, row-major (top-left, top-right, ...).
+
+        Args:
+            x: canvases (B, 1, S, S).
+
+        Returns:
+            Tiles (B * T, 1, t, t), T = (S / t)**2, t = ``tile_size``.
+        """
+        b, c, s, _ = x.shape
+        n, t = self.tiles_per_side, self.tile_size
+        if s != self.img_size or x.shape[-1] != self.img_size:
+            raise ValueError(f"expected canvases of {self.img_size}x{self.img_size}, got {tuple(x.shape)}.")
+        return x.reshape(b, c, n, t, n, t).permute(0, 2, 4, 1, 3, 5).reshape(b * n * n, c, t, t)
+
+    def stitch(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Put the tiles' token grids back at their positions.
+
+        Args:
+            tokens: per-tile token grids (B * T, D, g, g), in the order of :meth:`tile`.
+
+        Returns:
+            Embeddings (B, D, n * g, n * g) with n = S / t (64x64 for the defined architectures).
+        """
+        nt, d, g, _ = tokens.shape
+        n = self.tiles_per_side
+        if nt % (n * n):
+            raise ValueError(f"got {nt} tiles, not a multiple of the {n * n} tiles per image.")
+        b = nt // (n * n)
+        return tokens.reshape(b, n, n, d, g, g).permute(0, 3, 1, 4, 2, 5).reshape(b, d, n * g, n * g)
+
+    def encode_tiles(self, tiles: torch.Tensor) -> torch.Tensor:
+        """Encode tiles with the ViT in one batch, dropping the class token.
+
+        Args:
+            tiles: normalised tiles (N, 1, t, t).
+
+        Returns:
+            Token grids (N, D, g, g), g = t / patch_size.
+        """
+        g = tiles.shape[-1] // self.patch_size
+        feats = self.backbone.forward_features(tiles)[:, self.backbone.num_prefix_tokens :]
+        return feats.reshape(tiles.shape[0], g, g, -1).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Embed images.
+
+        Args:
+            images: intensities in [0, 1], shape (B, C, H, W), C in {1, 3}, any H, W.
+
+        Returns:
+            Embeddings (B, 512, 64, 64) covering the canvas; the image occupies the top-left
+            ``input_size(H, W)`` scaled by 64 / ``img_size``.
+        """
+        return self.stitch(self.encode_tiles(self.tile(self.preprocess(images)))).contiguous()

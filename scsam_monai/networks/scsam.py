@@ -1,0 +1,278 @@
+"""ScSAM: the trainable head on cached embeddings, and the full image-to-logits model.
+
+``ScSAMHead`` = fusion (FAFM by default) + class prompt encoder + SAM's mask decoder (trainable) with SAM's
+dense positional encoding and point embeddings (frozen, from SAM's prompt encoder). ``ScSAM`` puts the
+frozen SAM and MAE encoders in front of it and returns logits at the input's size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import PromptEncoder
+from torch import nn
+
+from .checkpoints import load_sam_state_dict, submodule_state
+from .fafm import FusionOutput, build_fusion
+from .geometry import unpad_and_resize
+from .mask_decoder import build_mask_decoder
+from .prompt_encoder import ClassPromptEncoder
+
+__all__ = ["ScSAMHead", "ScSAM", "count_trainable_parameters", "class_embeddings"]
+
+logger = logging.getLogger(__name__)
+
+
+def count_trainable_parameters(module: nn.Module) -> int:
+    """Number of parameters of ``module`` that require gradients."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def class_embeddings(
+    features: torch.Tensor, label: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean fused feature inside each class mask of each image, for the prototype contrastive loss.
+
+    The label map is pooled to the feature grid as per-class area fractions, so a position half covered by a
+    class counts half; classes absent from an image give no row.
+
+    Args:
+        features: fused features, ``(B, N, g, g)``.
+        label: integer label map ``(B, 1, H, W)`` or ``(B, H, W)`` (0 background, 1..C classes), H and W
+            multiples of g.
+        num_classes: C.
+
+    Returns:
+        ``(embeddings (M, N), class_ids (M,))`` with class ids in 0..C-1 (label value minus one).
+    """
+    if label.ndim == 4:
+        label = label[:, 0]
+    b, n, g, _ = features.shape
+    one_hot = F.one_hot(label.long().clamp(0, num_classes), num_classes + 1)[..., 1:]  # (B, H, W, C)
+    weights = F.adaptive_avg_pool2d(one_hot.permute(0, 3, 1, 2).to(features.dtype), g)  # (B, C, g, g)
+    area = weights.sum(dim=(2, 3))  # (B, C)
+    sums = torch.einsum("bnhw,bchw->bcn", features, weights)
+    present = area > 0
+    embeddings = sums[present] / area[present].unsqueeze(-1)
+    class_ids = torch.arange(num_classes, device=features.device).expand(b, -1)[present]
+    return embeddings, class_ids
+
+
+class ScSAMHead(nn.Module):
+    """Trainable part of ScSAM: maps (SAM embedding, MAE embedding) to per-class mask logits.
+
+    ``ScSAMHead()`` builds the paper's configuration for 3 classes (FAFM, both streams, residual class
+    activation, dense + sparse prompts). All C classes of all B images go through the mask decoder in one
+    batched call of B*C prompts.
+
+    Args:
+        num_classes: C, foreground classes (nucleus, mitochondria, granules by default).
+        sam_channels: channels of the SAM embedding.
+        mae_channels: channels of the MAE embedding.
+        feature_dim: N, width of the fused features; must be 256 to load SAM's decoder weights.
+        grid_size: g, side of the embedding grid; logits come out at 4g x 4g.
+        canvas_size: side of the square encoder input the grid covers (1024 for SAM, 256 for "tiny").
+        fusion: "fafm", "concat" or "cross_attention".
+        streams: "both", "sam_only" (SAM*) or "mae_only" (MAE*).
+        residual: keep the ``+ V_f`` residual of the class activation.
+        prompts: "dense+sparse", "dense" or "sparse".
+        num_sparse_tokens: sparse tokens per class.
+        sam_checkpoint: SAM (or SAM-compatible) checkpoint whose ``mask_decoder`` and ``prompt_encoder``
+            weights initialise the decoder and the frozen positional/point embeddings; None keeps random ones.
+
+    Example::
+
+        >>> head = ScSAMHead()
+        >>> head(torch.randn(1, 256, 64, 64), torch.randn(1, 512, 64, 64)).shape
+        torch.Size([1, 3, 256, 256])
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 3,
+        sam_channels: int = 256,
+        mae_channels: int = 512,
+        feature_dim: int = 256,
+        grid_size: int = 64,
+        canvas_size: int = 1024,
+        fusion: str = "fafm",
+        streams: str = "both",
+        residual: bool = True,
+        prompts: str = "dense+sparse",
+        num_sparse_tokens: int = 4,
+        sam_checkpoint: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.grid_size = grid_size
+        self.canvas_size = canvas_size
+        self.streams = streams
+        self.fusion = build_fusion(
+            fusion, streams, sam_channels=sam_channels, mae_channels=mae_channels, feature_dim=feature_dim
+        )
+        self.prompt_encoder = ClassPromptEncoder(
+            num_classes=num_classes,
+            feature_dim=feature_dim,
+            grid_size=grid_size,
+            num_tokens=num_sparse_tokens,
+            residual=residual,
+            prompts=prompts,
+        )
+        self.mask_decoder = build_mask_decoder(transformer_dim=feature_dim)
+        # SAM's prompt encoder supplies the dense positional encoding and the point / no-mask embeddings;
+        # it stays frozen like in SurgicalSAM.
+        self.sam_prompt_encoder = PromptEncoder(
+            embed_dim=feature_dim,
+            image_embedding_size=(grid_size, grid_size),
+            input_image_size=(canvas_size, canvas_size),
+            mask_in_chans=16,
+        )
+        if sam_checkpoint:
+            self.load_sam_weights(sam_checkpoint)
+        self.sam_prompt_encoder.requires_grad_(False)
+
+    def load_sam_weights(self, checkpoint: str) -> None:
+        """Initialise the mask decoder and SAM's prompt encoder from a SAM checkpoint file."""
+        state = load_sam_state_dict(checkpoint)
+        for prefix, module in (("mask_decoder", self.mask_decoder), ("prompt_encoder", self.sam_prompt_encoder)):
+            part = submodule_state(state, prefix)
+            try:
+                module.load_state_dict(part, strict=True)
+            except RuntimeError as err:
+                raise ValueError(f"{checkpoint}: its {prefix} weights do not fit this head: {err}") from err
+        logger.info("Mask decoder and prompt embeddings initialised from %s", checkpoint)
+
+    def encode_features(self, sam_embedding: torch.Tensor | None, mae_embedding: torch.Tensor | None) -> FusionOutput:
+        """Fuse the embeddings ``(B, 256, g, g)`` and ``(B, 512, g, g)`` into V_f ``(B, N, g, g)``."""
+        return self.fusion(sam_embedding, mae_embedding)
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        """Prompt every class on every image and decode: V_f ``(B, N, g, g)`` -> logits ``(B, C, 4g, 4g)``."""
+        b = features.shape[0]
+        c = self.num_classes
+        point = self.sam_prompt_encoder.point_embeddings
+        prompts = self.prompt_encoder(
+            features,
+            positive_embedding=point[1].weight[0],
+            negative_embedding=point[0].weight[0],
+            no_mask_embedding=self.sam_prompt_encoder.no_mask_embed.weight[0],
+        )
+        image_embeddings = features.repeat_interleave(c, dim=0)  # row b*C + k, like the prompts
+        masks, _ = self.mask_decoder(
+            image_embeddings=image_embeddings,
+            image_pe=self.sam_prompt_encoder.get_dense_pe().to(features.dtype),
+            sparse_prompt_embeddings=prompts.sparse,
+            dense_prompt_embeddings=prompts.dense,
+            multimask_output=False,
+        )
+        return masks.reshape(b, c, *masks.shape[-2:])
+
+    def forward(
+        self,
+        sam_embedding: torch.Tensor | None,
+        mae_embedding: torch.Tensor | None = None,
+        *,
+        input_size: Sequence[int] | None = None,
+        original_size: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """Per-class mask logits.
+
+        Args:
+            sam_embedding: ``(B, 256, g, g)`` (may be None for MAE*).
+            mae_embedding: ``(B, 512, g, g)`` (may be None for SAM*).
+            input_size: (h, w) of the resized image on the encoder canvas; with ``original_size`` the logits
+                are cropped to it and resized to the original image size.
+            original_size: (H, W) of the original image.
+
+        Returns:
+            ``(B, C, 4g, 4g)`` logits on the padded canvas, or ``(B, C, H, W)`` when sizes are given.
+        """
+        logits = self.decode(self.encode_features(sam_embedding, mae_embedding).features)
+        if original_size is not None:
+            if input_size is None:
+                raise ValueError("original_size needs input_size (the resized size on the encoder canvas).")
+            logits = unpad_and_resize(
+                logits, tuple(int(v) for v in input_size), self.canvas_size, tuple(int(v) for v in original_size)
+            )
+        return logits
+
+    def forward_with_aux(
+        self, sam_embedding: torch.Tensor | None, mae_embedding: torch.Tensor | None, label: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+        """Logits on the canvas grid plus what the ScSAM loss needs.
+
+        Args:
+            sam_embedding: ``(B, 256, g, g)``.
+            mae_embedding: ``(B, 512, g, g)``.
+            label: integer label map on the logit grid, ``(B, 1, 4g, 4g)``.
+
+        Returns:
+            logits ``(B, C, 4g, 4g)`` and a dict with ``aligned_sam``, ``aligned_mae`` (``(B, N, g, g)`` or None),
+            ``prototypes`` ``(C, N)``, ``class_embeddings`` ``(M, N)`` and ``class_ids`` ``(M,)``.
+        """
+        fused = self.encode_features(sam_embedding, mae_embedding)
+        logits = self.decode(fused.features)
+        embeddings, ids = class_embeddings(fused.features, label, self.num_classes)
+        aux = {
+            "aligned_sam": fused.aligned_sam,
+            "aligned_mae": fused.aligned_mae,
+            "prototypes": self.prompt_encoder.prototypes,
+            "class_embeddings": embeddings,
+            "class_ids": ids,
+        }
+        return logits, aux
+
+
+class ScSAM(nn.Module):
+    """Full ScSAM: frozen SAM and MAE encoders, then the trainable head; image in, logits at its size out.
+
+    Args:
+        sam_encoder: a ``FrozenSamEncoder`` (None for the MAE* variant).
+        mae_encoder: a ``FrozenMaeEncoder`` (None for the SAM* variant).
+        head: the ``ScSAMHead``.
+        head_checkpoint: optional file with the trained head's weights (a state dict, or a MONAI
+            ``CheckpointSaver`` file with a ``network`` / ``model`` entry), read with ``weights_only=True``.
+    """
+
+    def __init__(
+        self,
+        *,
+        sam_encoder: nn.Module | None,
+        mae_encoder: nn.Module | None,
+        head: ScSAMHead,
+        head_checkpoint: str | None = None,
+    ) -> None:
+        super().__init__()
+        if sam_encoder is None and mae_encoder is None:
+            raise ValueError("ScSAM needs at least one encoder.")
+        self.sam_encoder = sam_encoder
+        self.mae_encoder = mae_encoder
+        self.head = head
+        for encoder in (sam_encoder, mae_encoder):
+            if encoder is not None and encoder.img_size != head.canvas_size:
+                raise ValueError(
+                    f"Encoder canvas {encoder.img_size} differs from the head's canvas_size {head.canvas_size}."
+                )
+        if head_checkpoint:
+            from ..engines.checkpoint import load_head_weights
+
+            load_head_weights(head, head_checkpoint)
+
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Frozen embeddings ``(B, 256, 64, 64)`` and ``(B, 512, 64, 64)`` of images ``(B, 1, H, W)`` in [0, 1]."""
+        sam = self.sam_encoder(images) if self.sam_encoder is not None else None
+        mae = self.mae_encoder(images) if self.mae_encoder is not None else None
+        return sam, mae
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, C, H, W)`` for images ``(B, 1, H, W)`` with intensities normalised to [0, 1]."""
+        if images.ndim != 4:
+            raise ValueError(f"ScSAM expects images of shape (B, C, H, W), got {tuple(images.shape)}.")
+        h, w = images.shape[-2:]
+        encoder = self.sam_encoder if self.sam_encoder is not None else self.mae_encoder
+        sam, mae = self.embed(images)
+        return self.head(sam, mae, input_size=encoder.input_size(h, w), original_size=(h, w))

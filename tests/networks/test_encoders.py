@@ -1,0 +1,394 @@
+"""Tests of the frozen encoders (tiny architectures, random weights) and of their checkpoint loading."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from segment_anything.modeling import ImageEncoderViT
+
+import scsam_monai.networks.encoders as encoders_module
+from scsam_monai.networks.checkpoints import (
+    load_mae_state_dict,
+    load_sam_state_dict,
+    sha256_file,
+    submodule_state,
+)
+from scsam_monai.networks.encoders import (
+    MAE_ARCHITECTURES,
+    SAM_ARCHITECTURES,
+    FrozenMaeEncoder,
+    FrozenSamEncoder,
+)
+from scsam_monai.networks.geometry import longest_side_size
+
+LOGGER = "scsam_monai.networks.encoders"
+
+
+@pytest.fixture(scope="module")
+def sam():
+    return FrozenSamEncoder(arch="tiny", allow_random_weights=True, seed=0)
+
+
+@pytest.fixture(scope="module")
+def mae():
+    return FrozenMaeEncoder(arch="tiny", allow_random_weights=True, seed=0)
+
+
+def _sam_checkpoint_state(encoder: FrozenSamEncoder, prefix: str = "") -> dict[str, torch.Tensor]:
+    state = {f"{prefix}image_encoder.{k}": v.clone() for k, v in encoder.encoder.state_dict().items()}
+    state[f"{prefix}mask_decoder.iou_token.weight"] = torch.randn(1, 256)
+    state[f"{prefix}prompt_encoder.no_mask_embed.weight"] = torch.randn(1, 256)
+    return state
+
+
+def _assert_same_weights(a: nn.Module, b: nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+# --------------------------------------------------------------------------------------------- architectures
+
+
+@pytest.mark.parametrize("arch", ["vit_b", "vit_l", "vit_h"])
+def test_sam_architectures_match_segment_anything(arch, monkeypatch):
+    """The ImageEncoderViT arguments equal those of segment_anything.build_sam (captured without building)."""
+    build_sam = importlib.import_module("segment_anything.build_sam")  # the package attribute is a function
+    captured = {}
+
+    class _Stop(Exception):
+        pass
+
+    def capture(**kwargs):
+        captured.update(kwargs)
+        raise _Stop
+
+    monkeypatch.setattr(build_sam, "ImageEncoderViT", capture)
+    with pytest.raises(_Stop):
+        build_sam.sam_model_registry[arch]()
+    ours = dict(SAM_ARCHITECTURES[arch])
+    assert captured.pop("norm_layer")(8).eps == ours.pop("layer_norm_eps") == 1e-6
+    assert {k: tuple(v) if isinstance(v, list) else v for k, v in captured.items()} == {k: ours[k] for k in captured}
+    assert set(ours) - set(captured) == set()
+
+
+def test_tiny_architectures_keep_the_embedding_grid(sam, mae):
+    tiny = SAM_ARCHITECTURES["tiny"]
+    assert tiny["img_size"] // tiny["patch_size"] == 64 and tiny["global_attn_indexes"] == (1,)
+    assert sam.img_size == 256 and sam.embedding_shape == (256, 64, 64)
+    assert isinstance(sam.encoder, ImageEncoderViT)
+    assert mae.img_size == 256 and mae.tile_size == 128 and mae.embedding_shape == (512, 64, 64)
+    assert MAE_ARCHITECTURES["mae_vit_512"]["canvas"] // MAE_ARCHITECTURES["mae_vit_512"]["patch_size"] == 64
+
+
+# ------------------------------------------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 256, 256), (2, 3, 100, 173), (1, 1, 300, 120)])
+def test_sam_output_shape(sam, shape):
+    out = sam(torch.rand(shape))
+    assert out.shape == (shape[0], 256, 64, 64) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 256, 256), (2, 3, 100, 173), (1, 1, 300, 120)])
+def test_mae_output_shape(mae, shape):
+    out = mae(torch.rand(shape))
+    assert out.shape == (shape[0], 512, 64, 64) and torch.isfinite(out).all()
+
+
+def test_input_size(sam, mae):
+    assert sam.input_size(100, 173) == longest_side_size(100, 173, 256) == (148, 256)
+    assert mae.input_size(300, 120) == (256, 102)
+
+
+def test_sam_preprocess_replicates_normalises_then_pads(sam):
+    x = torch.full((1, 1, 100, 200), 0.5)
+    out = sam.preprocess(x)
+    assert out.shape == (1, 3, 256, 256)
+    expected = (127.5 - torch.tensor([123.675, 116.28, 103.53])) / torch.tensor([58.395, 57.12, 57.375])
+    torch.testing.assert_close(out[0, :, :128, :].mean(dim=(1, 2)), expected)
+    assert (out[..., 128:, :] == 0).all()
+    rgb = sam.preprocess(x.expand(-1, 3, -1, -1))
+    torch.testing.assert_close(rgb, out)
+
+
+def test_mae_preprocess_pads_in_intensity_space_then_normalises(mae):
+    x = torch.full((1, 1, 200, 100), 0.75)
+    out = mae.preprocess(x)
+    assert out.shape == (1, 1, 256, 256)
+    torch.testing.assert_close(out[..., :, :128], torch.full((1, 1, 256, 128), (0.75 - 0.5) / 0.25))
+    torch.testing.assert_close(out[..., :, 128:], torch.full((1, 1, 256, 128), (0.0 - 0.5) / 0.25))
+    rgb = torch.stack([torch.full((200, 100), v) for v in (0.5, 0.75, 1.0)])[None]
+    torch.testing.assert_close(mae.preprocess(rgb), out)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        torch.rand(1, 256, 256),
+        torch.rand(1, 2, 64, 64),
+        torch.full((1, 1, 64, 64), float("nan")),
+        torch.randint(0, 255, (1, 1, 64, 64), dtype=torch.uint8),
+        torch.rand(1, 1, 64, 64) * 255,
+    ],
+    ids=["3d", "2-channels", "nan", "uint8", "0-255"],
+)
+def test_invalid_images_are_refused(sam, mae, bad):
+    for enc in (sam, mae):
+        with pytest.raises(ValueError):
+            enc.preprocess(bad)
+
+
+# ------------------------------------------------------------------------------------------------- frozen
+
+
+@pytest.mark.parametrize("name", ["sam", "mae"])
+def test_encoders_are_frozen(name, request):
+    enc = request.getfixturevalue(name)
+    assert not any(p.requires_grad for p in enc.parameters())
+    parent = nn.Sequential(enc)
+    parent.train()
+    assert parent.training and not enc.training and not any(m.training for m in enc.modules())
+    assert enc.train(True) is enc and not enc.training
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    x = torch.rand(1, 1, 64, 96, requires_grad=True)
+    out = enc(x)
+    assert not out.requires_grad and out.grad_fn is None
+    for k, v in enc.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+# ------------------------------------------------------------------------------------- random weights rule
+
+
+@pytest.mark.parametrize("cls", [FrozenSamEncoder, FrozenMaeEncoder])
+def test_refuses_to_run_without_checkpoint(cls):
+    with pytest.raises(ValueError, match="allow_random_weights"):
+        cls(arch="tiny")
+
+
+@pytest.mark.parametrize("cls", [FrozenSamEncoder, FrozenMaeEncoder])
+def test_random_weights_log_a_warning(cls, caplog):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        cls(arch="tiny", allow_random_weights=True)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == LOGGER]
+    assert len(warnings) == 1
+    assert "RANDOM" in warnings[0].getMessage() and "not" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("cls", [FrozenSamEncoder, FrozenMaeEncoder])
+def test_random_weights_are_deterministic_and_leave_global_rng_alone(cls, sam, mae):
+    torch.manual_seed(123)
+    rng = torch.get_rng_state()
+    a = cls(arch="tiny", allow_random_weights=True, seed=0)
+    assert torch.equal(torch.get_rng_state(), rng)
+    _assert_same_weights(a, sam if cls is FrozenSamEncoder else mae)
+    b = cls(arch="tiny", allow_random_weights=True, seed=1)
+    assert any(not torch.equal(v, a.state_dict()[k]) for k, v in b.state_dict().items())
+    assert a.cache_key != b.cache_key
+
+
+def test_cache_keys(sam, mae, monkeypatch):
+    assert sam.cache_key == "sam-tiny-random-seed0"
+    assert mae.cache_key == "mae-tiny-t128-random-seed0"
+    assert (
+        FrozenMaeEncoder(arch="tiny", allow_random_weights=True, tile_size=64).cache_key == "mae-tiny-t64-random-seed0"
+    )
+    normalised = FrozenMaeEncoder(arch="tiny", allow_random_weights=True, pixel_mean=0.4, pixel_std=0.2)
+    assert normalised.cache_key == "mae-tiny-t128-random-seed0-norm0.4_0.2"
+    torch.testing.assert_close(normalised.preprocess(torch.full((1, 1, 8, 8), 0.6)), torch.ones(1, 1, 256, 256))
+    # another arch: a stand-in module avoids building ViT-B on the CPU
+    monkeypatch.setattr(encoders_module, "ImageEncoderViT", lambda **kwargs: nn.Linear(1, 1))
+    vit_b = FrozenSamEncoder(arch="vit_b", allow_random_weights=True)
+    assert vit_b.cache_key == "sam-vit_b-random-seed0" and vit_b.img_size == 1024
+    assert vit_b.embedding_shape == (256, 64, 64)
+
+
+def test_unknown_arch_and_bad_tile_size():
+    with pytest.raises(ValueError, match="unknown SAM arch"):
+        FrozenSamEncoder(arch="vit_x", allow_random_weights=True)
+    with pytest.raises(ValueError, match="unknown MAE arch"):
+        FrozenMaeEncoder(arch="vit_x", allow_random_weights=True)
+    with pytest.raises(ValueError, match="tile_size"):
+        FrozenMaeEncoder(arch="tiny", allow_random_weights=True, tile_size=96)
+
+
+# ----------------------------------------------------------------------------------------- SAM checkpoints
+
+
+def test_sam_checkpoint_round_trip(tmp_path, caplog):
+    source = FrozenSamEncoder(arch="tiny", allow_random_weights=True, seed=7)
+    path = tmp_path / "sam_tiny.pth"
+    torch.save(_sam_checkpoint_state(source), path)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        loaded = FrozenSamEncoder(arch="tiny", checkpoint=str(path))
+    assert not [r for r in caplog.records if r.name == LOGGER]
+    _assert_same_weights(loaded, source)
+    assert loaded.cache_key == f"sam-tiny-{hashlib.sha256(path.read_bytes()).hexdigest()}"
+    assert loaded.cache_key != source.cache_key
+    state = load_sam_state_dict(path)
+    assert set(submodule_state(state, "mask_decoder")) == {"iou_token.weight"}
+    assert set(submodule_state(state, "prompt_encoder.")) == {"no_mask_embed.weight"}
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda s: {"model_state": {f"sam.{k}": v for k, v in s.items()}, "optimizer_state": {"lr": 1e-4}, "epoch": 3},
+        lambda s: {"state_dict": {f"module.{k}": v for k, v in s.items()}},
+        lambda s: {"model": {f"module.sam.{k}": v for k, v in s.items()}},
+    ],
+    ids=["micro-sam", "ddp-state_dict", "model"],
+)
+def test_sam_wrapped_checkpoints(tmp_path, wrap):
+    source = FrozenSamEncoder(arch="tiny", allow_random_weights=True, seed=3)
+    path = tmp_path / "wrapped.pt"
+    torch.save(wrap(_sam_checkpoint_state(source)), path)
+    state = load_sam_state_dict(path)
+    assert any(k.startswith("image_encoder.") for k in state) and "mask_decoder.iou_token.weight" in state
+    _assert_same_weights(FrozenSamEncoder(arch="tiny", checkpoint=path), source)
+
+
+def test_sam_checkpoint_of_another_arch_is_refused(tmp_path, monkeypatch):
+    other = {**SAM_ARCHITECTURES["tiny"], "embed_dim": 32, "depth": 3, "global_attn_indexes": (2,)}
+    monkeypatch.setitem(SAM_ARCHITECTURES, "tiny_other", other)
+    source = FrozenSamEncoder(arch="tiny_other", allow_random_weights=True)
+    path = tmp_path / "other_arch.pth"
+    torch.save(_sam_checkpoint_state(source), path)
+    with pytest.raises(ValueError) as info:
+        FrozenSamEncoder(arch="tiny", checkpoint=path)
+    message = str(info.value)
+    assert str(path) in message and "'tiny'" in message and "'tiny_other'" in message
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="large_files.yml"):
+        FrozenSamEncoder(arch="tiny", checkpoint=tmp_path / "nope.pth")
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        FrozenMaeEncoder(arch="tiny", checkpoint=str(tmp_path / "nope.pth"))
+
+
+def test_corrupt_checkpoint(tmp_path):
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x00not a checkpoint" * 100)
+    source = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
+    good = tmp_path / "good.pth"
+    torch.save(_sam_checkpoint_state(source), good)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    for path in (garbage, truncated):
+        with pytest.raises(ValueError, match=path.name):
+            FrozenSamEncoder(arch="tiny", checkpoint=path)
+        with pytest.raises(ValueError, match=path.name):
+            FrozenMaeEncoder(arch="tiny", checkpoint=path)
+
+
+class _Custom:
+    """Stands for arbitrary pickled code in a checkpoint."""
+
+    def __init__(self):
+        self.value = 1
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "pickled.pth"
+    torch.save({"image_encoder.patch_embed.proj.weight": torch.zeros(1), "config": _Custom()}, path)
+    with pytest.raises(ValueError, match="weights_only") as info:
+        load_sam_state_dict(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(ValueError, match="pickled.pth"):
+        load_mae_state_dict(path)
+
+
+def test_checkpoint_without_sam_weights(tmp_path):
+    path = tmp_path / "not_sam.pth"
+    torch.save({"state_dict": {"conv.weight": torch.zeros(2)}}, path)
+    with pytest.raises(ValueError, match="not_sam.pth.*image_encoder"):
+        FrozenSamEncoder(arch="tiny", checkpoint=path)
+    with pytest.raises(ValueError, match="not_sam.pth"):
+        FrozenMaeEncoder(arch="tiny", checkpoint=path)
+
+
+def test_sha256_file(tmp_path):
+    path = tmp_path / "blob.bin"
+    data = bytes(range(256)) * 9000  # > 2 chunks of 1 MiB
+    path.write_bytes(data)
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------- MAE checkpoints
+
+
+def test_mae_checkpoint_round_trip(tmp_path):
+    source = FrozenMaeEncoder(arch="tiny", allow_random_weights=True, seed=5)
+    state = {f"encoder.{k}": v.clone() for k, v in source.backbone.state_dict().items()}
+    state["decoder_embed.weight"] = torch.randn(4, 512)  # MAE decoder: dropped
+    state["mask_token"] = torch.zeros(1, 1, 512)
+    path = tmp_path / "mae_tiny.pth"
+    torch.save({"model": state, "epoch": 10}, path)
+    loaded = FrozenMaeEncoder(arch="tiny", checkpoint=path)
+    _assert_same_weights(loaded, source)
+    assert loaded.cache_key == f"mae-tiny-t128-{sha256_file(path)}"
+    plain = tmp_path / "plain.pth"
+    torch.save({f"module.{k}": v for k, v in source.backbone.state_dict().items()}, plain)
+    assert set(load_mae_state_dict(plain)) == set(source.backbone.state_dict())
+    wrong = tmp_path / "mae_wrong.pth"
+    torch.save({k: v for k, v in source.backbone.state_dict().items() if not k.startswith("blocks.")}, wrong)
+    with pytest.raises(ValueError, match="mae_wrong.pth.*'tiny'"):
+        FrozenMaeEncoder(arch="tiny", checkpoint=wrong)
+
+
+# -------------------------------------------------------------------------------------------- MAE stitching
+
+
+class _MeanTokenViT(nn.Module):
+    """Stand-in ViT: token (i, j) of a tile is the mean intensity of its patch; one class token of 1e6."""
+
+    num_prefix_tokens = 1
+
+    def __init__(self, patch_size: int, dim: int = 3):
+        super().__init__()
+        self.patch_size, self.dim, self.calls = patch_size, dim, 0
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        tokens = F.avg_pool2d(x, self.patch_size).flatten(2).transpose(1, 2).expand(-1, -1, self.dim)
+        cls = torch.full((x.shape[0], 1, self.dim), 1e6)
+        return torch.cat([cls, tokens], dim=1)
+
+
+@pytest.mark.parametrize("tile_size", [128, 64])
+def test_mae_stitches_tiles_by_position(tile_size):
+    enc = FrozenMaeEncoder(arch="tiny", allow_random_weights=True, tile_size=tile_size)
+    enc.backbone = _MeanTokenViT(enc.patch_size)
+    values = torch.tensor([[0.1, 0.4], [0.7, 1.0]])
+    image = values.repeat_interleave(128, 0).repeat_interleave(128, 1)[None, None]  # quadrants
+    ramp = torch.linspace(0, 1, 200)[None, None, :, None] * torch.linspace(0, 1, 150)[None, None, None, :]
+    batch_out = enc(image)
+    assert enc.backbone.calls == 1  # every tile of the image in one batch
+    assert batch_out.shape == (1, 3, 64, 64)
+    for i in range(2):
+        for j in range(2):
+            quadrant = batch_out[0, :, 32 * i : 32 * (i + 1), 32 * j : 32 * (j + 1)]
+            torch.testing.assert_close(quadrant, torch.full_like(quadrant, (values[i, j].item() - 0.5) / 0.25))
+    out = enc(ramp)
+    assert enc.backbone.calls == 2
+    expected = F.avg_pool2d(enc.preprocess(ramp), enc.patch_size).expand(-1, 3, -1, -1)
+    torch.testing.assert_close(out, expected)
+
+
+def test_mae_tile_and_stitch_are_inverse(mae):
+    x = torch.randn(2, 1, 256, 256)
+    tiles = mae.tile(x)
+    assert tiles.shape == (8, 1, 128, 128)
+    torch.testing.assert_close(tiles[1], x[0, :, :128, 128:])  # row-major: top-right second
+    torch.testing.assert_close(tiles[6], x[1, :, 128:, :128])
+    torch.testing.assert_close(mae.stitch(tiles), x)

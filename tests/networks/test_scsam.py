@@ -1,0 +1,162 @@
+"""Tests of scsam_monai.networks.scsam (head, full model) and the batched mask decoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from segment_anything.modeling import MaskDecoder, TwoWayTransformer
+
+from scsam_monai.networks.checkpoints import load_sam_state_dict
+from scsam_monai.networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
+from scsam_monai.networks.mask_decoder import build_mask_decoder
+from scsam_monai.networks.scsam import ScSAM, ScSAMHead, class_embeddings, count_trainable_parameters
+
+G = 16  # small token grid for speed; the default head uses 64
+
+
+def _head(**kwargs) -> ScSAMHead:
+    torch.manual_seed(0)
+    return ScSAMHead(grid_size=G, canvas_size=4 * G, **kwargs)
+
+
+def _embeddings(b: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    return torch.randn(b, 256, G, G), torch.randn(b, 512, G, G)
+
+
+def test_default_head_is_the_paper_configuration():
+    head = ScSAMHead()
+    assert head.num_classes == 3 and head.grid_size == 64 and head.canvas_size == 1024
+    assert type(head.fusion).__name__ == "FAFM"
+    assert head.prompt_encoder.prompts == "dense+sparse" and head.prompt_encoder.residual
+    n = count_trainable_parameters(head)
+    assert 5e6 < n < 30e6, n  # FAFM + prompt encoder + SAM decoder (~4M); the paper reports 27.6M
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"fusion": "concat"},
+        {"fusion": "cross_attention"},
+        {"streams": "sam_only"},
+        {"streams": "mae_only"},
+        {"residual": False},
+        {"prompts": "dense"},
+        {"prompts": "sparse"},
+    ],
+)
+def test_head_variants_give_per_class_logits(kwargs):
+    sam, mae = _embeddings()
+    logits = _head(**kwargs)(sam, mae)
+    assert logits.shape == (2, 3, 4 * G, 4 * G)
+    assert torch.isfinite(logits).all()
+
+
+def test_batched_decoder_matches_segment_anything_per_prompt_loop():
+    """One batched call over B*C prompts equals SAM's own MaskDecoder called once per prompt."""
+    torch.manual_seed(0)
+    ours = build_mask_decoder().eval()
+    stock = MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+        transformer_dim=256,
+        iou_head_depth=3,
+        iou_head_hidden_dim=256,
+    ).eval()
+    stock.load_state_dict(ours.state_dict())
+    p = 4
+    emb = torch.randn(p, 256, 8, 8)
+    pe = torch.randn(1, 256, 8, 8)
+    sparse = torch.randn(p, 5, 256)
+    dense = torch.randn(p, 256, 8, 8)
+    with torch.no_grad():
+        batched, _ = ours(emb, pe, sparse, dense, multimask_output=False)
+        looped = torch.cat([stock(emb[i : i + 1], pe, sparse[i : i + 1], dense[i : i + 1], False)[0] for i in range(p)])
+    torch.testing.assert_close(batched, looped, rtol=1e-4, atol=1e-4)
+
+
+def test_decoding_is_one_batched_decoder_call(monkeypatch):
+    head = _head()
+    calls = []
+    original = head.mask_decoder.predict_masks
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["image_embeddings"].shape[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(head.mask_decoder, "predict_masks", counting)
+    head(*_embeddings(b=2))
+    assert calls == [2 * 3]
+
+
+def test_class_embeddings_are_area_weighted_means():
+    features = torch.zeros(1, 2, 2, 2)
+    features[0, 0] = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    features[0, 1] = 10.0
+    label = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    label[0, 0, :2, :2] = 1  # class 1 covers grid cell (0, 0) fully
+    label[0, 0, 2:, 2:3] = 2  # class 2 covers half of grid cell (1, 1)
+    emb, ids = class_embeddings(features, label, num_classes=3)
+    assert ids.tolist() == [0, 1]  # class 3 absent: no row
+    torch.testing.assert_close(emb[0], torch.tensor([1.0, 10.0]))
+    torch.testing.assert_close(emb[1], torch.tensor([4.0, 10.0]))
+
+
+def test_forward_with_aux_and_gradients_reach_only_trainable_parts():
+    head = _head()
+    sam, mae = _embeddings()
+    label = torch.randint(0, 4, (2, 1, 4 * G, 4 * G))
+    logits, aux = head.forward_with_aux(sam, mae, label)
+    assert aux["aligned_sam"].shape == aux["aligned_mae"].shape == (2, 256, G, G)
+    assert aux["class_embeddings"].shape[1] == 256 and aux["class_ids"].max() <= 2
+    logits.mean().backward()
+    assert all(p.grad is None for p in head.sam_prompt_encoder.parameters())
+    assert head.mask_decoder.output_upscaling[0].weight.grad.abs().sum() > 0
+    assert head.fusion.align_mae[0].weight.grad.abs().sum() > 0
+
+
+def test_original_size_postprocessing():
+    head = _head().eval()
+    sam, mae = _embeddings(b=1)
+    with torch.no_grad():
+        out = head(sam, mae, input_size=(4 * G, 2 * G), original_size=(50, 25))
+    assert out.shape == (1, 3, 50, 25)
+    with pytest.raises(ValueError, match="input_size"):
+        head(sam, mae, original_size=(50, 25))
+
+
+def _sam_checkpoint(tmp_path, head: ScSAMHead) -> str:
+    encoder = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
+    state = {f"image_encoder.{k}": v for k, v in encoder.encoder.state_dict().items()}
+    torch.manual_seed(5)
+    donor = ScSAMHead(grid_size=G, canvas_size=4 * G)
+    for name, module in (("mask_decoder", donor.mask_decoder), ("prompt_encoder", donor.sam_prompt_encoder)):
+        state.update({f"{name}.{k}": v + 0.01 for k, v in module.state_dict().items()})
+    path = tmp_path / "sam_tiny.pth"
+    torch.save(state, path)
+    return str(path)
+
+
+def test_head_initialises_decoder_and_prompt_embeddings_from_a_sam_checkpoint(tmp_path):
+    path = _sam_checkpoint(tmp_path, _head())
+    head = _head(sam_checkpoint=path)
+    state = load_sam_state_dict(path)
+    torch.testing.assert_close(head.mask_decoder.iou_token.weight, state["mask_decoder.iou_token.weight"])
+    torch.testing.assert_close(
+        head.sam_prompt_encoder.point_embeddings[1].weight, state["prompt_encoder.point_embeddings.1.weight"]
+    )
+    assert not any(p.requires_grad for p in head.sam_prompt_encoder.parameters())
+
+
+def test_full_model_from_image_to_logits_at_input_size():
+    sam = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
+    mae = FrozenMaeEncoder(arch="tiny", allow_random_weights=True)
+    torch.manual_seed(0)
+    model = ScSAM(sam_encoder=sam, mae_encoder=mae, head=ScSAMHead(canvas_size=sam.img_size)).eval()
+    images = torch.rand(1, 1, 96, 80)
+    with torch.no_grad():
+        logits = model(images)
+    assert logits.shape == (1, 3, 96, 80)
+    with pytest.raises(ValueError, match="canvas"):
+        ScSAM(sam_encoder=sam, mae_encoder=mae, head=ScSAMHead(canvas_size=1024))
