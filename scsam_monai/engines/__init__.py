@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import batch, checkpoint, handlers, inference, train_step
+from . import batch, checkpoint, handlers, inference, resume, train_step
 from .batch import EmbeddingBatch
 from .checkpoint import load_head_weights
 from .train_step import ScSAMTrainStep
@@ -12,6 +12,7 @@ __all__ = [
     "checkpoint",
     "handlers",
     "inference",
+    "resume",
     "train_step",
     "EmbeddingBatch",
     "ScSAMTrainStep",

@@ -100,6 +100,13 @@ class LearningCurve:
         if self.validator is not None:
             self.validator.add_event_handler(Events.COMPLETED, self._record_validation)
 
+    def state_dict(self) -> dict[str, list]:
+        """The history, so that a resumed run continues the same curve."""
+        return {k: list(v) for k, v in self.history.items()}
+
+    def load_state_dict(self, state: Mapping[str, list]) -> None:
+        self.history = {k: list(state.get(k, [])) for k in self.history}
+
     def _record_iteration(self, engine: Engine) -> None:
         output = engine.state.output
         loss = output.get("loss") if isinstance(output, Mapping) else None
