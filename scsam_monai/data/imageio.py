@@ -1,7 +1,8 @@
 """Reading 2D images and label maps named in a datalist.
 
-TIFF goes through tifffile (any bit depth, first page of a stack); every other format through MONAI's
-``LoadImage`` (ITK, nibabel, PIL). Errors name the file and the problem.
+Built on the readers of :mod:`scsam_monai.data.io`: TIFF through tifffile (any bit depth), PNG/JPEG/BMP through
+Pillow, NIfTI/MHA/NRRD through MONAI's ``LoadImage`` (transposed back to the file's (H, W)), HDF5 with a single
+dataset through h5py. Errors name the file and the problem.
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["read_image_2d"]
+from .io import open_volume
 
-_TIFF_SUFFIXES = (".tif", ".tiff")
+__all__ = ["read_image_2d"]
 
 
 def read_image_2d(path: str | Path) -> np.ndarray:
-    """Read a single-channel 2D image ``(H, W)`` from ``path``.
+    """Read a single-channel 2D image ``(H, W)`` from ``path`` (1-bit images come back as uint8 0/1).
 
     Raises:
         FileNotFoundError: when the file does not exist.
@@ -25,22 +26,12 @@ def read_image_2d(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found.")
-    try:
-        if path.suffix.lower() in _TIFF_SUFFIXES:
-            import tifffile
-
-            array = np.asarray(tifffile.imread(path))
-        else:
-            from monai.transforms import LoadImage
-
-            array = np.asarray(LoadImage(image_only=True)(str(path)))
-            if array.ndim == 2:
-                array = array.T  # MONAI's readers return (W, H) for 2D images; restore row-major (H, W).
-    except Exception as err:  # noqa: BLE001 - any reader failure becomes one clear message
-        raise ValueError(f"{path}: cannot be read as an image ({type(err).__name__}: {err}).") from err
-    array = np.squeeze(array)
-    if array.ndim != 2:
-        raise ValueError(f"{path}: expected a 2D single-channel image, got an array of shape {array.shape}.")
+    with open_volume(path) as volume:
+        if volume.shape[0] != 1:
+            raise ValueError(f"{path}: expected a 2D single-channel image, got a stack of shape {volume.shape}.")
+        array = volume.read_slice(0)
     if array.size == 0:
         raise ValueError(f"{path}: the image is empty.")
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
     return array
