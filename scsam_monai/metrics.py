@@ -26,6 +26,8 @@ __all__ = [
 
 SCALAR_KEYS = ("challenge_iou", "iou", "mc_iou", "miou", "aji", "dice_mean")
 STATISTICS = ("intersection", "pred_area", "gt_area", "aji_intersection", "aji_union")
+MAX_NUM_CLASSES = 4096
+"""Largest ``num_classes`` accepted (semantic classes of EM, not instance ids; bounds the memory per image)."""
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
@@ -83,11 +85,18 @@ def segmentation_scores(
 def _check_num_classes(num_classes: int) -> None:
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
+    if num_classes > MAX_NUM_CLASSES:
+        raise ValueError(
+            f"num_classes must be at most {MAX_NUM_CLASSES} (semantic classes, not instance ids), got {num_classes}."
+        )
 
 
 def _label_map(x: np.ndarray | torch.Tensor, num_classes: int, index: int, name: str) -> np.ndarray:
     """Check one label map and return it as an int64 array."""
-    array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    try:
+        array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    except Exception as err:  # noqa: BLE001 - ragged lists, unsupported tensor dtypes, arbitrary objects
+        raise ValueError(f"Image {index}: {name} is not an array ({type(err).__name__}: {err}).") from err
     if array.ndim != 2:
         raise ValueError(f"Image {index}: {name} must be a 2D label map, got shape {tuple(array.shape)}.")
     if array.dtype.kind not in "biuf":
@@ -110,12 +119,13 @@ def _image_statistics(
     g = _label_map(label, num_classes, index, "label")
     if p.shape != g.shape:
         raise ValueError(f"Image {index}: prediction shape {p.shape} differs from label shape {g.shape}.")
-    k = num_classes + 1
+    # the confusion matrix covers the values present only: memory does not grow with num_classes squared
+    k = int(max(p.max(initial=0), g.max(initial=0))) + 1
     confusion = np.bincount(g.ravel() * k + p.ravel(), minlength=k * k).reshape(k, k)
     stats = np.zeros((num_classes, len(STATISTICS)))
-    stats[:, 0] = np.diag(confusion)[1:]
-    stats[:, 1] = confusion.sum(axis=0)[1:]
-    stats[:, 2] = confusion.sum(axis=1)[1:]
+    stats[: k - 1, 0] = np.diag(confusion)[1:]
+    stats[: k - 1, 1] = confusion.sum(axis=0)[1:]
+    stats[: k - 1, 2] = confusion.sum(axis=1)[1:]
     for c in range(1, k):
         if stats[c - 1, 1] or stats[c - 1, 2]:
             stats[c - 1, 3:] = _aji_terms(p == c, g == c)
@@ -123,23 +133,36 @@ def _image_statistics(
 
 
 def _aji_terms(pred_mask: np.ndarray, gt_mask: np.ndarray) -> tuple[float, float]:
-    """AJI numerator and denominator of one class in one image, from a contingency table of instances."""
+    """AJI numerator and denominator of one class in one image, from the overlapping pairs of instances.
+
+    Only pairs that overlap are tabulated (a sparse contingency table), so a noisy prediction with tens of
+    thousands of specks costs memory in proportion to the pixels, not to instances x instances.
+    """
     gt_ids, n_gt = ndimage.label(gt_mask, structure=_EIGHT_CONNECTED)
     pred_ids, n_pred = ndimage.label(pred_mask, structure=_EIGHT_CONNECTED)
-    table = np.bincount(gt_ids.ravel() * (n_pred + 1) + pred_ids.ravel(), minlength=(n_gt + 1) * (n_pred + 1))
-    table = table.reshape(n_gt + 1, n_pred + 1)
-    gt_area, pred_area = table[1:].sum(axis=1), table[:, 1:].sum(axis=0)
+    gt_area = np.bincount(gt_ids.ravel(), minlength=n_gt + 1)[1:]
+    pred_area = np.bincount(pred_ids.ravel(), minlength=n_pred + 1)[1:]
     if n_gt == 0 or n_pred == 0:
         return 0.0, float(gt_area.sum() + pred_area.sum())
-    inter = table[1:, 1:]
-    union = gt_area[:, None] + pred_area[None, :] - inter
-    best = (inter / union).argmax(axis=1)
-    rows = np.arange(n_gt)
-    paired = inter[rows, best] > 0
+    both = (gt_ids > 0) & (pred_ids > 0)
+    pairs, inter = np.unique(
+        (gt_ids[both].astype(np.int64) - 1) * n_pred + (pred_ids[both].astype(np.int64) - 1), return_counts=True
+    )
+    if pairs.size == 0:  # no instance overlaps another
+        return 0.0, float(gt_area.sum() + pred_area.sum())
+    g, q = pairs // n_pred, pairs % n_pred
+    union = gt_area[g] + pred_area[q] - inter
+    # per ground-truth instance, the overlapping prediction of highest IoU; ties go to the lowest prediction id
+    # (the first in raster order); equal ratios divide to equal floats, so ties are exact
+    order = np.lexsort((q, -inter / union, g))
+    first = order[np.r_[True, g[order][1:] != g[order][:-1]]]
+    g_best, q_best = g[first], q[first]
+    paired = np.zeros(n_gt, dtype=bool)
+    paired[g_best] = True
     paired_pred = np.zeros(n_pred, dtype=bool)
-    paired_pred[best[paired]] = True
-    numerator = inter[rows[paired], best[paired]].sum()
-    denominator = union[rows[paired], best[paired]].sum() + gt_area[~paired].sum() + pred_area[~paired_pred].sum()
+    paired_pred[q_best] = True
+    numerator = inter[first].sum()
+    denominator = union[first].sum() + gt_area[~paired].sum() + pred_area[~paired_pred].sum()
     return float(numerator), float(denominator)
 
 

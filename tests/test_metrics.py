@@ -341,3 +341,26 @@ def test_handler_is_key_metric_of_supervised_evaluator() -> None:
 def test_handler_rejects_unknown_key() -> None:
     with pytest.raises(ValueError, match="key must be one of"):
         SegmentationScoresHandler(num_classes=2, key="dice")
+
+
+def test_absurd_num_classes_is_a_value_error_not_an_allocation() -> None:
+    label = np.zeros((4, 4), int)
+    with pytest.raises(ValueError, match="num_classes must be at most 4096"):
+        segmentation_scores([label], [label], num_classes=10**9)
+    scores = segmentation_scores([label + 1], [label + 1], num_classes=4096)  # memory follows the values present
+    assert scores["dice"][1] == 1.0 and np.isnan(scores["dice"][4096])
+
+
+def test_inputs_that_are_not_arrays_are_value_errors() -> None:
+    with pytest.raises(ValueError, match="Image 0: prediction is not an array"):
+        segmentation_scores([[[1, 2], [3]]], [np.zeros((2, 2))], num_classes=3)
+
+
+def test_aji_of_tens_of_thousands_of_instances_fits_in_memory() -> None:
+    """65,536 isolated instances in prediction and ground truth: a dense instance table would need 34 GB."""
+    label = np.zeros((512, 512), int)
+    label[::2, ::2] = 1
+    pred = label.copy()
+    pred[0, 0] = 0  # one ground-truth instance left unpaired
+    scores = segmentation_scores([pred], [label], num_classes=1)
+    assert scores["aji"] == pytest.approx((65536 - 1) / 65536)

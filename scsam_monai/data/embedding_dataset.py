@@ -14,9 +14,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .embedding_cache import EmbeddingCache, array_sha256, transform_fingerprint
+from .io import DataPreparationError
 from .transforms import LabelToMaskGridd, LoadCachedArrayd, as_size_tensor
 
-__all__ = ["precompute_embeddings", "cached_embedding_dataset", "EMBEDDING_KEYS"]
+__all__ = ["precompute_embeddings", "cached_embedding_dataset", "check_item", "EMBEDDING_KEYS"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,83 @@ def _seed_transform(transform: Callable, seed: int) -> None:
             _seed_transform(t, seed)
 
 
+def _innermost(err: BaseException) -> BaseException:
+    """The first cause in an exception chain (MONAI's ``Compose`` wraps errors in "applying transform ...")."""
+    seen = {id(err)}
+    while err.__cause__ is not None and id(err.__cause__) not in seen:
+        err = err.__cause__
+        seen.add(id(err))
+    return err
+
+
+def _preprocess(preprocessing: Callable, item: Mapping[str, str]) -> dict:
+    """Run the preprocessing of one datalist item; a failure names the item's files."""
+    if not isinstance(item, Mapping) or "image" not in item:
+        raise DataPreparationError(f"datalist item {item!r} has no 'image' entry.")
+    try:
+        return preprocessing(dict(item))
+    except Exception as err:  # noqa: BLE001 - one message naming the files, the reader's error chained
+        cause = _innermost(err)
+        if isinstance(cause, (DataPreparationError, FileNotFoundError)):
+            raise DataPreparationError(str(cause)) from err
+        files = ", ".join(f"{k} {item[k]}" for k in ("image", "label") if k in item)
+        raise DataPreparationError(
+            f"datalist item ({files}): preprocessing failed ({type(cause).__name__}: {cause})."
+        ) from err
+
+
+def check_item(
+    image: np.ndarray, label: np.ndarray | None, item: Mapping[str, str], num_classes: int | None = None
+) -> None:
+    """Check one preprocessed datalist item before it is embedded.
+
+    Args:
+        image: the preprocessed image ``(1, H, W)``.
+        label: its label map ``(1, H, W)``, or None.
+        item: the datalist item (for the file names in messages).
+        num_classes: number of foreground classes; label values must lie in 0..num_classes (None: not checked).
+
+    Raises:
+        DataPreparationError: the image is constant (nothing to learn from, e.g. a blank slice) or not finite;
+            the label's shape differs from the image's; or the label holds values that are not integers in
+            0..num_classes. The message names the file(s).
+    """
+    image_path, label_path = item.get("image", "image"), item.get("label", "label")
+    if image.size == 0:
+        raise DataPreparationError(f"{image_path}: the image is empty.")
+    if not np.isfinite(image).all():
+        raise DataPreparationError(f"{image_path}: holds NaN or infinite values after preprocessing.")
+    if float(image.min()) == float(image.max()):
+        raise DataPreparationError(
+            f"{image_path}: the image is constant (every pixel {float(image.min()):g} after intensity "
+            "normalisation): a blank slice has nothing to segment; remove it from the datalist."
+        )
+    if label is None:
+        return
+    if tuple(label.shape[-2:]) != tuple(image.shape[-2:]):
+        raise DataPreparationError(
+            f"{label_path}: label shape {tuple(label.shape[-2:])} differs from the image {image_path} "
+            f"{tuple(image.shape[-2:])}; a label map must have its image's height and width."
+        )
+    if label.dtype.kind not in "biuf":
+        raise DataPreparationError(f"{label_path}: label map of dtype {label.dtype}; expected integers.")
+    if label.dtype.kind == "f" and not (np.isfinite(label).all() and (label == np.round(label)).all()):
+        raise DataPreparationError(
+            f"{label_path}: holds label values that are not integers (a label map holds 0 for background and "
+            "1..C for the classes; an interpolated or soft mask?)."
+        )
+    low, high = (float(label.min()), float(label.max())) if label.size else (0.0, 0.0)
+    if low < 0 or (num_classes is not None and high > num_classes):
+        values = np.unique(label)
+        outside = values[(values < 0) | (values > (num_classes if num_classes is not None else np.inf))]
+        allowed = f"0..{num_classes}" if num_classes is not None else "0 or more"
+        raise DataPreparationError(
+            f"{label_path}: holds label values {', '.join(f'{v:g}' for v in outside[:8])} outside {allowed} "
+            f"(0 background, 1..C the classes; class_names has {num_classes} foreground classes). Pass the data "
+            "set's classes with --class_names, or map the values with scsam-prepare --label-values."
+        )
+
+
 def _view_seed(seed: int, image_hash: str, view: int) -> int:
     return (seed * 1_000_003 + int(image_hash[:8], 16) + view * 7919) % (2**32 - 1)
 
@@ -55,6 +133,7 @@ def precompute_embeddings(
     device: str | torch.device = "cpu",
     batch_size: int = 4,
     progress: bool = True,
+    num_classes: int | None = None,
 ) -> list[dict]:
     """Run the frozen encoders once per image view and return records that point at the cached arrays.
 
@@ -76,10 +155,17 @@ def precompute_embeddings(
         device: where the encoders run.
         batch_size: views per encoder call.
         progress: show a progress bar.
+        num_classes: number of foreground classes; every label map must hold values in 0..num_classes (None:
+            only integers >= 0 are required).
 
     Returns:
         One record per view: ``sam`` / ``mae`` (cached .npy paths), ``label`` (cached .npy path),
         ``input_size`` (resized size on the encoder canvas), ``original_size``, ``image_path``, ``view``.
+
+    Raises:
+        DataPreparationError: the datalist is empty, or an item cannot be read or fails :func:`check_item`
+            (constant image, label of another shape, label values outside the classes); the message names the
+            file. Nothing is cached for an item that fails.
     """
     encoders = {k: e for k, e in (("sam", sam_encoder), ("mae", mae_encoder)) if e is not None}
     if not encoders:
@@ -89,7 +175,7 @@ def precompute_embeddings(
     if views_per_image > 1 and augmentation is None:
         raise ValueError("views_per_image > 1 needs an augmentation transform.")
     if len(datalist) == 0:
-        raise ValueError("The datalist is empty: no image to embed.")
+        raise DataPreparationError("The datalist is empty: no image to embed (check the datalist's splits).")
     cache = EmbeddingCache(cache_dir)
     device = torch.device(device)
     for encoder in encoders.values():
@@ -99,9 +185,10 @@ def precompute_embeddings(
     records: list[dict] = []
     computed = reused = 0
     for item in tqdm(datalist, desc="Embedding cache", disable=not progress, unit="image"):
-        data = preprocessing(dict(item))
+        data = _preprocess(preprocessing, item)
         image = _as_numpy(data["image"]).astype(np.float32)
         label = _as_numpy(data["label"]) if "label" in data else None
+        check_item(image, label, item, num_classes)
         image_hash = array_sha256(image)
         # labels are keyed by image and label content, so an edited label map is never served stale
         label_hash = array_sha256(label)[:16] if label is not None else "nolabel"
@@ -138,7 +225,7 @@ def precompute_embeddings(
                     batch = torch.from_numpy(np.stack([img for _, img in chunk])).to(device)
                     with torch.no_grad():
                         embeddings = encoder(batch).float().cpu().numpy()
-                    for (path, _), embedding in zip(chunk, embeddings):
+                    for (path, _), embedding in zip(chunk, embeddings, strict=True):
                         cache.save_embedding(path, embedding)
                         computed += 1
 

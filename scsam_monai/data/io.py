@@ -18,7 +18,11 @@ same ``(z, y, x)`` order where the format has it (OME and ImageJ TIFF, HDF5 ``el
 ``pixelResolution`` / ``resolution`` / ``transform``, OME-Zarr scales, NIfTI/ITK headers); a component the
 file does not give is ``None``.
 
-Every failure raises :class:`DataPreparationError` with a message that names the file and the problem.
+Every failure raises :class:`DataPreparationError` with a message that names the file and the problem: a missing,
+truncated or corrupt file, malformed metadata, a shape that is not one single-channel 2D image or 3D stack, or a
+read that would need more memory than the machine has (a corrupt or hostile header declaring a huge image). No
+other exception leaves :func:`open_volume` or a :class:`Volume`'s reads (``tests/test_fuzz.py`` checks this with
+random bytes and random arrays).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DataPreparationError", "Volume", "open_volume", "natural_key", "IMAGE_SUFFIXES"]
+__all__ = ["DataPreparationError", "Volume", "open_volume", "natural_key", "check_memory", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 """Suffixes of the per-slice files picked up from a folder."""
@@ -62,6 +66,31 @@ class DataPreparationError(ValueError):
 def natural_key(text: str | Path) -> list:
     """Sort key that orders embedded numbers by value: ``s2.png`` < ``s10.png``."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(text))]
+
+
+def _physical_memory() -> int | None:
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(nbytes: int, source: str, what: str = "reading it") -> None:
+    """Refuse a read that would need more than half of this machine's memory.
+
+    A corrupt or hostile header can declare an image of terabytes in a file of a few bytes; allocating it would
+    kill the process (or the machine) instead of stopping with a message.
+
+    Raises:
+        DataPreparationError: naming ``source``, the size and the machine's memory.
+    """
+    total = _physical_memory()
+    if total is not None and nbytes > total // 2:
+        raise DataPreparationError(
+            f"{source}: {what} needs {nbytes / 2**30:.1f} GiB, more than half of this machine's memory "
+            f"({total / 2**30:.1f} GiB); the header is corrupt or the image is too large to read whole "
+            "(read it slice by slice, or crop it)."
+        )
 
 
 def _require(module: str, purpose: str) -> Any:
@@ -133,6 +162,8 @@ class Volume:
             )
         idx: list[Any] = [slice(None)] * 3
         idx[axis] = int(index)
+        plane = [s for i, s in enumerate(self.shape) if i != axis]
+        check_memory(plane[0] * plane[1] * self.dtype.itemsize, self.source, f"a slice of {plane[0]} x {plane[1]}")
         array = self._guarded(tuple(idx))
         expected = tuple(s for i, s in enumerate(self.shape) if i != axis)
         if array.shape != expected:
@@ -141,7 +172,14 @@ class Volume:
 
     def read(self) -> np.ndarray:
         """Read the whole volume ``(Z, Y, X)``."""
-        return self._guarded((slice(None), slice(None), slice(None))).reshape(self.shape)
+        check_memory(int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize, self.source, "reading it whole")
+        array = self._guarded((slice(None), slice(None), slice(None)))
+        if array.size != int(np.prod(self.shape, dtype=np.int64)):
+            raise DataPreparationError(
+                f"{self.source}: holds {array.size} voxels, but its header declares shape {self.shape}; "
+                "the file is truncated or corrupt."
+            )
+        return array.reshape(self.shape)
 
     def _guarded(self, index: Index) -> np.ndarray:
         try:
@@ -149,7 +187,9 @@ class Volume:
         except DataPreparationError:
             raise
         except Exception as err:  # noqa: BLE001 - any reader failure becomes one message naming the file
-            raise DataPreparationError(f"{self.source}: cannot read voxels ({type(err).__name__}: {err}).") from err
+            raise DataPreparationError(
+                f"{self.source}: cannot read voxels; the file is truncated or corrupt ({type(err).__name__}: {err})."
+            ) from err
 
     def describe(self) -> dict[str, Any]:
         """Facts for a manifest: source, format, shape, dtype, spacing, unit."""
@@ -298,6 +338,12 @@ def _open_tiff(path: Path) -> Volume:
                 memmap = tifffile.memmap(path, series=0, mode="r").reshape(shape3)
             except Exception:  # noqa: BLE001 - not memory-mappable after all: fall back to page reads
                 memmap = None
+    except DataPreparationError:
+        tif.close()
+        raise
+    except Exception as err:  # noqa: BLE001 - a corrupt page or tag deeper in the file
+        tif.close()
+        raise DataPreparationError(f"{path}: is a corrupt TIFF file ({type(err).__name__}: {err}).") from err
     except BaseException:
         tif.close()
         raise
@@ -429,6 +475,13 @@ def _open_stack(files: Sequence[Path], source: str) -> Volume:
 
 
 def _spacing_from_attrs(attrs: Any) -> tuple[tuple | None, str | None]:
+    try:
+        return _spacing_from_attrs_or_fail(attrs)
+    except Exception:  # noqa: BLE001 - spacing is optional metadata; a malformed attribute must not stop reading
+        return None, None
+
+
+def _spacing_from_attrs_or_fail(attrs: Any) -> tuple[tuple | None, str | None]:
     for name, unit in (("element_size_um", "µm"), ("resolution", None), ("spacing", None), ("pixel_size", None)):
         if name in attrs:
             values = np.atleast_1d(np.asarray(attrs[name], dtype=float)).tolist()
@@ -466,6 +519,13 @@ def _open_hdf5(path: Path, key: str | None) -> Volume:
         spacing, unit = _spacing_from_attrs(node.attrs)
         if spacing is None:
             spacing, unit = _spacing_from_attrs(handle.attrs)
+        dtype = np.dtype(node.dtype)
+    except DataPreparationError:
+        handle.close()
+        raise
+    except Exception as err:  # noqa: BLE001 - HDF5 raises RuntimeError/KeyError/OSError for corrupt structures
+        handle.close()
+        raise DataPreparationError(f"{path}: is a corrupt HDF5 file ({type(err).__name__}: {err}).") from err
     except BaseException:
         handle.close()
         raise
@@ -473,7 +533,7 @@ def _open_hdf5(path: Path, key: str | None) -> Volume:
         source=source,
         format="hdf5",
         shape=shape3,
-        dtype=node.dtype,
+        dtype=dtype,
         read=_mapped_reader(lambda i: node[i], plan),
         spacing=spacing,
         unit=unit,
@@ -503,15 +563,26 @@ def _read_json(location: str, name: str) -> dict | None:
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text())
-        except ValueError as err:
+            value = json.loads(path.read_bytes())
+        except (ValueError, RecursionError) as err:
             raise DataPreparationError(f"{path}: is not valid JSON ({err}).") from err
+        if not isinstance(value, dict):
+            raise DataPreparationError(f"{path}: expected a JSON object, got {type(value).__name__}.")
+        return value
     ts = _require("tensorstore", "N5 and Zarr")
     try:
         result = ts.KvStore.open(_kvstore(location)).result().read(name).result()
     except Exception as err:  # noqa: BLE001
         raise DataPreparationError(f"{location}: cannot be reached ({type(err).__name__}: {err}).") from err
-    return json.loads(result.value) if result.state == "value" else None
+    if result.state != "value":
+        return None
+    try:
+        value = json.loads(result.value)
+    except (ValueError, RecursionError) as err:
+        raise DataPreparationError(f"{location}/{name}: is not valid JSON ({err}).") from err
+    if not isinstance(value, dict):
+        raise DataPreparationError(f"{location}/{name}: expected a JSON object, got {type(value).__name__}.")
+    return value
 
 
 def _children(location: str, marker: str) -> list[str]:
@@ -533,6 +604,13 @@ def _ts_open(driver: str, location: str, source: str) -> Any:
 
 
 def _n5_spacing(attrs: dict, parent: dict | None, name: str) -> tuple[tuple | None, str | None]:
+    try:
+        return _n5_spacing_or_fail(attrs, parent, name)
+    except Exception:  # noqa: BLE001 - spacing is optional metadata; a malformed attribute must not stop reading
+        return None, None
+
+
+def _n5_spacing_or_fail(attrs: dict, parent: dict | None, name: str) -> tuple[tuple | None, str | None]:
     if isinstance(attrs.get("pixelResolution"), dict):
         res = attrs["pixelResolution"]
         return tuple(reversed([float(v) for v in res.get("dimensions", [])])), res.get("unit")
@@ -755,8 +833,21 @@ def open_volume(path: str | Path | Sequence[str | Path], key: str | None = None)
 
     Raises:
         DataPreparationError: the path does not exist, matches nothing, cannot be read, the key is wrong, or
-            the data are not one single-channel 2D image or 3D stack.
+            the data are not one single-channel 2D image or 3D stack. No other exception leaves this function
+            (a failure of a third-party reader is wrapped, naming the file).
     """
+    try:
+        return _open_volume(path, key)
+    except DataPreparationError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the contract: every failure is one message naming the file
+        where = ", ".join(map(str, path[:3])) if isinstance(path, (list, tuple)) else str(path)
+        raise DataPreparationError(
+            f"{where}: cannot be opened; the file or its metadata is corrupt ({type(err).__name__}: {err})."
+        ) from err
+
+
+def _open_volume(path: str | Path | Sequence[str | Path], key: str | None) -> Volume:
     if isinstance(path, (list, tuple)):
         files = [Path(p) for p in path]
         for f in files:

@@ -26,9 +26,9 @@ explicit cell lists, or k-fold by cell. By slice ranges (explicit, for a single 
 belongs to at most one split.
 
 Every problem found in the inputs (shapes that differ, a missing file, label values outside the class list, an
-empty or constant volume, a wrong dataset key, an unreadable file) raises :class:`DataPreparationError` naming
-the file, before anything is written; the output is assembled in a staging folder and moved into place at
-the end, so a failure never leaves a partial data set.
+empty or constant volume, NaN or infinite intensities, a wrong dataset key, an unreadable file) raises
+:class:`DataPreparationError` naming the file, before anything is written; the output is assembled in a staging
+folder and moved into place at the end, so a failure never leaves a partial data set.
 """
 
 from __future__ import annotations
@@ -580,6 +580,17 @@ def _check_plan(cells: list[_Cell], ax: int, crop: tuple | None, downscale: int,
             )
 
 
+def _finite(array: np.ndarray, source: str, index: int, ax: int) -> np.ndarray:
+    """``array`` if it holds no NaN or infinite values; else an error naming the volume and the slice."""
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise DataPreparationError(
+            f"{source}: slice {index} along {'zyx'[ax]} holds {bad} NaN or infinite value(s); replace them (e.g. with "
+            "the background intensity) or leave the slice out (--middle-slices, --train-slices, --crop)."
+        )
+    return array
+
+
 def _measure(
     cell: _Cell, ax: int, crop: tuple | None, classes: list[str], options: dict, warnings: list, progress: bool
 ) -> None:
@@ -594,9 +605,9 @@ def _measure(
     maxima = dict.fromkeys(cell.masks, -np.inf)
     seen = _Distinct()
     for i in tqdm(indices, desc=f"check {cell.source.name}", unit="slice", disable=not progress, leave=False):
-        accumulator.update(_crop(cell.image.read_slice(i, ax), crop))
+        accumulator.update(_finite(_crop(cell.image.read_slice(i, ax), crop), cell.image.source, i, ax))
         for c, vol in cell.masks.items():
-            mask = _crop(vol.read_slice(i, ax), crop)
+            mask = _finite(_crop(vol.read_slice(i, ax), crop), vol.source, i, ax)
             distinct[c].update(mask)
             maxima[c] = max(maxima[c], float(mask.max()))
         if cell.labels is not None:
@@ -915,13 +926,24 @@ def load_cells_spec(path: str | Path) -> tuple[list[CellSource], dict[str, Any]]
 
     Returns:
         The cells and the spec's options (``classes``, ``label_values``).
+
+    Raises:
+        DataPreparationError: the spec cannot be read or is malformed; the message names the file.
     """
+    try:
+        return _load_cells_spec(Path(path))
+    except DataPreparationError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a malformed entry of any shape: one message naming the spec
+        raise DataPreparationError(f"{path}: malformed cell spec ({type(err).__name__}: {err}).") from err
+
+
+def _load_cells_spec(spec: Path) -> tuple[list[CellSource], dict[str, Any]]:
     import yaml
 
-    spec = Path(path)
     try:
         data = yaml.safe_load(spec.read_text())
-    except OSError as err:
+    except (OSError, UnicodeDecodeError) as err:
         raise DataPreparationError(f"{spec}: cannot read the cell spec ({err}).") from err
     except yaml.YAMLError as err:
         raise DataPreparationError(f"{spec}: is not valid YAML/JSON ({err}).") from err

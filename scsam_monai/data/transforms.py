@@ -11,10 +11,16 @@ from monai.transforms import MapTransform
 
 from ..networks.geometry import resize_longest_and_pad
 from .imageio import read_image_2d
+from .io import DataPreparationError
 
 __all__ = [
     "LoadImage2Dd",
-    "LoadCachedArrayd", "LabelToMaskGridd", "MergeClassLogitsd", "merge_class_logits", "as_size_tensor"]
+    "LoadCachedArrayd",
+    "LabelToMaskGridd",
+    "MergeClassLogitsd",
+    "merge_class_logits",
+    "as_size_tensor",
+]
 
 
 class LoadImage2Dd(MapTransform):
@@ -55,8 +61,13 @@ class LoadCachedArrayd(MapTransform):
             path = d[key]
             try:
                 array = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as err:
-                raise ValueError(f"{path}: cannot read cached array ({err}).") from err
+            except (OSError, ValueError, EOFError) as err:  # missing, truncated, not .npy, or a pickled array
+                raise DataPreparationError(
+                    f"{path}: cannot read cached array ({type(err).__name__}: {err}); delete the embedding cache "
+                    "folder to rebuild it."
+                ) from err
+            if array.dtype.kind not in "biuf":
+                raise DataPreparationError(f"{path}: cached array of dtype {array.dtype} is not an embedding or label.")
             if np.issubdtype(array.dtype, np.floating):
                 d[key] = torch.from_numpy(np.array(array, dtype=np.float32)).to(self.dtype)
             else:

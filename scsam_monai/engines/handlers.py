@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import CheckpointSaver
 
 from ..atomic import atomic_save_figure, atomic_write_json, atomic_write_text
 from ..networks.scsam import count_trainable_parameters
 
 __all__ = [
     "PAPER_TRAINABLE_PARAMETERS",
+    "AtomicCheckpointSaver",
     "TrainableParameterLogger",
     "LearningCurve",
     "MetricsReport",
@@ -44,6 +46,20 @@ def _matplotlib():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` with atomic writes (temporary file, then rename).
+
+    MONAI creates Ignite's ``DiskSaver`` with ``atomic=False``, so a run killed during a save could leave a
+    truncated ``model.pt``; this switches every saver it made to Ignite's atomic mode. Same arguments.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler._atomic = True
 
 
 class TrainableParameterLogger:

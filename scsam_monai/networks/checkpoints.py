@@ -4,6 +4,10 @@ Every checkpoint is read with ``torch.load(path, map_location="cpu", weights_onl
 containers only, never pickled code. Wrappers (``{"model_state": ...}``, ``{"state_dict": ...}``,
 ``{"model": ...}``) and key prefixes (``sam.``, ``module.``, ``encoder.``) are removed so that callers get the
 flat state dict of the module they build.
+
+The MAE encoder file that the bundle's pre-training exports (``scsam_monai.mae``) is
+``{"mae_architecture": {...}, "state_dict": {...}}``: the timm ViT state dict and a record of the architecture
+it was pre-trained with (arch name, field of view, patch, width, depth, heads, intensity normalisation, epoch).
 """
 
 from __future__ import annotations
@@ -14,15 +18,25 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["sha256_file", "load_sam_state_dict", "load_mae_state_dict", "submodule_state"]
+__all__ = [
+    "MAE_ARCHITECTURE_KEY",
+    "sha256_file",
+    "load_sam_state_dict",
+    "load_mae_state_dict",
+    "load_mae_checkpoint",
+    "submodule_state",
+]
+
+#: Key of the architecture record in an exported MAE encoder file.
+MAE_ARCHITECTURE_KEY = "mae_architecture"
 
 _HINT_OFFICIAL = (
     "Official SAM checkpoints (sam_vit_b_01ec64.pth, sam_vit_l_0b3195.pth, sam_vit_h_4b8939.pth) are listed with "
     "their URLs and hashes in bundle/large_files.yml; download them into bundle/models/."
 )
 _HINT_MAE = (
-    "The MAE checkpoint is produced by the bundle's MAE pre-training (see bundle/large_files.yml and the bundle "
-    "README)."
+    "The MAE checkpoint is produced by the bundle's MAE pre-training: python -m monai.bundle run pretraining "
+    "--config_file bundle/configs/pretrain_mae.yaml (it writes bundle/models/mae_encoder.pt; see docs/mae.md)."
 )
 _HINT_REWRITE = (
     "If the file is a trusted checkpoint that also pickles other objects, re-save only its tensors, e.g. "
@@ -136,18 +150,21 @@ def load_sam_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_mae_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read the state dict of the MAE ViT encoder (timm ``VisionTransformer`` keys).
+def load_mae_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read the MAE ViT encoder's state dict (timm ``VisionTransformer`` keys) and its architecture record.
 
-    Accepts a plain state dict or one under ``state_dict``/``model``, keys possibly prefixed ``encoder.`` or
-    ``module.``. MAE decoder weights (``decoder_*``, ``mask_token``) are dropped. The file is read with
+    Accepts the encoder file exported by the MAE pre-training (``{"mae_architecture": ..., "state_dict": ...}``),
+    the pre-training's full checkpoint (``{"network": {"encoder.*", "decoder_*", ...}, "optimizer": ...}``), a
+    plain state dict or one under ``state_dict``/``model``, keys possibly prefixed ``encoder.`` or ``module.``.
+    MAE decoder weights (``decoder_*``, ``mask_token``) are dropped. The file is read with
     ``torch.load(weights_only=True)``.
 
     Args:
         path: checkpoint file.
 
     Returns:
-        The encoder state dict (``cls_token``, ``pos_embed``, ``patch_embed.*``, ``blocks.*``, ``norm.*``).
+        The encoder state dict (``cls_token``, ``pos_embed``, ``patch_embed.*``, ``blocks.*``, ``norm.*``) and the
+        architecture record (an empty dict when the file holds none).
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -161,7 +178,26 @@ def load_mae_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(
             f"checkpoint '{path}' holds no ViT encoder weights (no 'patch_embed.proj.weight'). {_HINT_MAE}"
         )
-    return state
+    record = obj.get(MAE_ARCHITECTURE_KEY) if isinstance(obj, Mapping) else None
+    return state, dict(record) if isinstance(record, Mapping) else {}
+
+
+def load_mae_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read the state dict of the MAE ViT encoder (timm ``VisionTransformer`` keys).
+
+    The state dict of :func:`load_mae_checkpoint`, without the architecture record.
+
+    Args:
+        path: checkpoint file.
+
+    Returns:
+        The encoder state dict (``cls_token``, ``pos_embed``, ``patch_embed.*``, ``blocks.*``, ``norm.*``).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file cannot be read safely or holds no ViT encoder weights.
+    """
+    return load_mae_checkpoint(path)[0]
 
 
 def submodule_state(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -8,6 +8,9 @@ require gradients, the modules stay in eval mode when ``.train()`` is called, an
 
 Pretrained weights are required. Random weights (for tests and the CPU demo, with the ``"tiny"`` architectures)
 must be asked for with ``allow_random_weights=True`` and are announced with a WARNING in the log.
+
+The MAE's ViT is built by :func:`build_mae_vit` from one name of :data:`MAE_ARCHITECTURES`, both here and in the
+MAE pre-training (:mod:`scsam_monai.mae`), so that the pre-trained encoder and the frozen one cannot drift apart.
 """
 
 from __future__ import annotations
@@ -21,10 +24,19 @@ import torch.nn as nn
 from segment_anything.modeling import ImageEncoderViT
 from timm.models.vision_transformer import VisionTransformer
 
-from .checkpoints import load_mae_state_dict, load_sam_state_dict, sha256_file, submodule_state
+from .checkpoints import load_mae_checkpoint, load_sam_state_dict, sha256_file, submodule_state
 from .geometry import longest_side_size, pad_to_square, resize_longest
 
-__all__ = ["SAM_ARCHITECTURES", "MAE_ARCHITECTURES", "FrozenSamEncoder", "FrozenMaeEncoder"]
+__all__ = [
+    "SAM_ARCHITECTURES",
+    "MAE_ARCHITECTURES",
+    "MAE_PIXEL_MEAN",
+    "MAE_PIXEL_STD",
+    "mae_architecture",
+    "build_mae_vit",
+    "FrozenSamEncoder",
+    "FrozenMaeEncoder",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +99,70 @@ MAE_ARCHITECTURES: dict[str, dict] = {
         "mlp_ratio": 4.0,
     },
 }
+
+#: Intensity normalisation of the MAE, ``(x - mean) / std`` on [0, 1] intensities, in pre-training and embedding.
+MAE_PIXEL_MEAN = 0.5
+MAE_PIXEL_STD = 0.25
+
+# entries of an MAE architecture that fix the shapes of the pre-trained weights' grid and width
+_MAE_SHAPE_KEYS = ("fov", "patch_size", "embed_dim", "mlp_ratio")
+
+
+def mae_architecture(arch: str, *, depth: int | None = None, num_heads: int | None = None) -> dict:
+    """The MAE ViT settings of ``arch``, with depth and heads optionally overridden.
+
+    Args:
+        arch: key of :data:`MAE_ARCHITECTURES`.
+        depth: number of transformer blocks; None for the arch's.
+        num_heads: attention heads per block (must divide the width); None for the arch's.
+
+    Returns:
+        A copy of the arch's entry (``canvas``, ``tile_size``, ``fov``, ``patch_size``, ``embed_dim``, ``depth``,
+        ``num_heads``, ``mlp_ratio``) with ``arch`` added.
+    """
+    if arch not in MAE_ARCHITECTURES:
+        raise ValueError(f"unknown MAE arch {arch!r}, expected one of {sorted(MAE_ARCHITECTURES)}.")
+    cfg = {**MAE_ARCHITECTURES[arch], "arch": arch}
+    if depth is not None:
+        cfg["depth"] = int(depth)
+    if num_heads is not None:
+        cfg["num_heads"] = int(num_heads)
+    if cfg["depth"] < 1 or cfg["num_heads"] < 1 or cfg["embed_dim"] % cfg["num_heads"]:
+        raise ValueError(
+            f"MAE arch {arch!r}: depth ({cfg['depth']}) and num_heads ({cfg['num_heads']}) must be positive and "
+            f"num_heads must divide the width {cfg['embed_dim']}."
+        )
+    return cfg
+
+
+def build_mae_vit(arch: str = "mae_vit_512", *, depth: int | None = None, num_heads: int | None = None):
+    """The MAE's ViT encoder: a timm ``VisionTransformer`` for one-channel images.
+
+    Its position embeddings cover the pre-training field of view (``fov / patch_size`` per side) and are
+    interpolated (``dynamic_img_size``) for other input sizes. It has a class token, no classifier and no pooling;
+    ``forward_features`` returns ``(B, 1 + N, embed_dim)``. Weights are timm's random initialisation (draws from
+    the global RNG).
+
+    Args:
+        arch: key of :data:`MAE_ARCHITECTURES`.
+        depth: number of transformer blocks; None for the arch's.
+        num_heads: attention heads per block; None for the arch's.
+    """
+    cfg = mae_architecture(arch, depth=depth, num_heads=num_heads)
+    return VisionTransformer(
+        img_size=cfg["fov"],
+        patch_size=cfg["patch_size"],
+        in_chans=1,
+        embed_dim=cfg["embed_dim"],
+        depth=cfg["depth"],
+        num_heads=cfg["num_heads"],
+        mlp_ratio=cfg["mlp_ratio"],
+        num_classes=0,
+        global_pool="",
+        class_token=True,
+        dynamic_img_size=True,
+    )
+
 
 _SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 _SAM_PIXEL_STD = (58.395, 57.12, 57.375)
@@ -172,6 +248,30 @@ def _infer_sam_arch(state: dict[str, torch.Tensor]) -> str | None:
 def _short(error: Exception, lines: int = 4) -> str:
     text = [line.strip() for line in str(error).splitlines() if line.strip()]
     return " ".join(text[:lines]) + (" ..." if len(text) > lines else "")
+
+
+def _check_mae_record(path: str, arch: str, base: dict, record: dict) -> None:
+    """Refuse a pre-trained MAE file whose recorded grid or width differ from those of ``arch``."""
+    differing = [k for k in _MAE_SHAPE_KEYS if k in record and float(record[k]) != float(base[k])]
+    if differing:
+        held = record.get("arch", "unknown")
+        details = ", ".join(f"{k} {record[k]} (arch {arch!r}: {base[k]})" for k in differing)
+        raise ValueError(
+            f"checkpoint '{path}' was pre-trained with MAE arch {held!r}, not {arch!r}: {details}. "
+            f"Set the arch it was pre-trained with (mae_arch: {held})."
+        )
+
+
+def _from_record(name: str, given, record: dict, default, path: str | None):
+    """``given`` if not None (it must then agree with the record), else the record's value, else ``default``."""
+    if given is None:
+        return type(default)(record[name]) if name in record else default
+    if name in record and float(record[name]) != float(given):
+        raise ValueError(
+            f"checkpoint '{path}' was pre-trained with {name}={record[name]}, but {name}={given} was asked for; "
+            f"leave {name} unset to use the checkpoint's."
+        )
+    return type(default)(given)
 
 
 class FrozenSamEncoder(_FrozenEncoder):
@@ -288,27 +388,34 @@ class FrozenMaeEncoder(_FrozenEncoder):
     (position embeddings interpolated from the ``fov / patch`` grid to the ``tile_size / patch`` grid), and the
     tiles' token grids are stitched back by position into a 64x64 grid.
 
+    The checkpoint is the encoder file written by the MAE pre-training (``scsam_monai.mae``, e.g.
+    ``bundle/models/mae_encoder.pt``). It records the architecture it was pre-trained with: a file of another arch
+    is refused with a message naming it, and its depth, heads and normalisation are used unless given here.
+
     Args:
         arch: key of :data:`MAE_ARCHITECTURES`: ``"mae_vit_512"`` or ``"tiny"`` (tests/CPU).
-        checkpoint: MAE encoder checkpoint (see :func:`.checkpoints.load_mae_state_dict`); None or "" for none.
+        checkpoint: MAE encoder checkpoint (see :func:`.checkpoints.load_mae_checkpoint`); None or "" for none.
         allow_random_weights: build with random weights when ``checkpoint`` is None (a WARNING is logged).
         seed: seed of the random weights (the global RNG is left untouched).
         tile_size: tile side on the canvas; None for the arch's (512, or 128 for "tiny"). Must divide the canvas
             and be a multiple of the patch size (256 gives 16 tiles of 16x16 tokens for "mae_vit_512").
-        pixel_mean: intensity mean subtracted after padding.
-        pixel_std: intensity standard deviation divided by after padding.
+        depth: transformer blocks; None for the checkpoint's record, else the arch's.
+        num_heads: attention heads; None for the checkpoint's record, else the arch's.
+        pixel_mean: intensity mean subtracted after padding; None for the checkpoint's record, else 0.5.
+        pixel_std: intensity standard deviation divided by after padding; None for the record, else 0.25.
 
     Attributes:
         img_size: side of the square canvas (1024, 256 for "tiny").
         tile_size: side of a tile on the canvas.
         embedding_shape: (512, 64, 64), the shape of one image's embedding.
+        architecture: the ViT's settings (:func:`mae_architecture`) after overrides.
         cache_key: ``"mae-<arch>-t<tile_size>-<sha256 of the checkpoint>"`` or
-            ``"mae-<arch>-t<tile_size>-random-seed<seed>"``, suffixed ``"-norm<mean>_<std>"`` when the
-            normalisation is not the default.
+            ``"mae-<arch>-t<tile_size>-random-seed<seed>"``, with ``"-d<depth>h<heads>"`` after the tile size when
+            they are not the arch's, and suffixed ``"-norm<mean>_<std>"`` when the normalisation is not the default.
 
     Example::
 
-        enc = FrozenMaeEncoder(arch="mae_vit_512", checkpoint="models/mae_em_vit512.pth")
+        enc = FrozenMaeEncoder(arch="mae_vit_512", checkpoint="bundle/models/mae_encoder.pt")
         emb = enc(torch.rand(2, 1, 768, 1024))  # (2, 512, 64, 64)
     """
 
@@ -320,69 +427,70 @@ class FrozenMaeEncoder(_FrozenEncoder):
         allow_random_weights: bool = False,
         seed: int = 0,
         tile_size: int | None = None,
-        pixel_mean: float = 0.5,
-        pixel_std: float = 0.25,
+        depth: int | None = None,
+        num_heads: int | None = None,
+        pixel_mean: float | None = None,
+        pixel_std: float | None = None,
     ) -> None:
         super().__init__()
-        if arch not in MAE_ARCHITECTURES:
-            raise ValueError(f"unknown MAE arch {arch!r}, expected one of {sorted(MAE_ARCHITECTURES)}.")
-        cfg = MAE_ARCHITECTURES[arch]
+        base = mae_architecture(arch)
         self.arch = arch
         self.checkpoint = str(checkpoint) if checkpoint else None
-        self.img_size = int(cfg["canvas"])
-        self.patch_size = int(cfg["patch_size"])
-        self.tile_size = int(tile_size) if tile_size is not None else int(cfg["tile_size"])
+        self.img_size = int(base["canvas"])
+        self.patch_size = int(base["patch_size"])
+        self.tile_size = int(tile_size) if tile_size is not None else int(base["tile_size"])
         if self.tile_size <= 0 or self.img_size % self.tile_size or self.tile_size % self.patch_size:
             raise ValueError(
                 f"tile_size {self.tile_size} must divide the canvas ({self.img_size}) and be a multiple of the "
                 f"patch size ({self.patch_size}) for MAE arch {arch!r}."
             )
-        if pixel_std <= 0:
-            raise ValueError(f"pixel_std must be positive, got {pixel_std}.")
-        self.register_buffer("pixel_mean", torch.tensor(float(pixel_mean)), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(float(pixel_std)), persistent=False)
-        self.tiles_per_side = self.img_size // self.tile_size
-        grid = self.img_size // self.patch_size
-        self.embedding_shape = (int(cfg["embed_dim"]), grid, grid)
+        state, record = None, {}
         if self.checkpoint is None:
             _random_weights_or_refuse(
                 "FrozenMaeEncoder",
                 arch,
                 allow_random_weights,
                 seed,
-                "Pass checkpoint=<path to the MAE encoder checkpoint pre-trained on EM> (see bundle/large_files.yml).",
+                "Pass checkpoint=<the MAE encoder pre-trained on EM, e.g. bundle/models/mae_encoder.pt written by "
+                "`python -m monai.bundle run pretraining --config_file bundle/configs/pretrain_mae.yaml`>.",
             )
+        else:
+            state, record = load_mae_checkpoint(self.checkpoint)
+            _check_mae_record(self.checkpoint, arch, base, record)
+        depth = _from_record("depth", depth, record, base["depth"], self.checkpoint)
+        num_heads = _from_record("num_heads", num_heads, record, base["num_heads"], self.checkpoint)
+        pixel_mean = _from_record("pixel_mean", pixel_mean, record, MAE_PIXEL_MEAN, self.checkpoint)
+        pixel_std = _from_record("pixel_std", pixel_std, record, MAE_PIXEL_STD, self.checkpoint)
+        if pixel_std <= 0:
+            raise ValueError(f"pixel_std must be positive, got {pixel_std}.")
+        self.architecture = mae_architecture(arch, depth=depth, num_heads=num_heads)
+        cfg = self.architecture
+        self.register_buffer("pixel_mean", torch.tensor(float(pixel_mean)), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(float(pixel_std)), persistent=False)
+        self.tiles_per_side = self.img_size // self.tile_size
+        grid = self.img_size // self.patch_size
+        self.embedding_shape = (int(cfg["embed_dim"]), grid, grid)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.backbone = VisionTransformer(
-                img_size=cfg["fov"],
-                patch_size=cfg["patch_size"],
-                in_chans=1,
-                embed_dim=cfg["embed_dim"],
-                depth=cfg["depth"],
-                num_heads=cfg["num_heads"],
-                mlp_ratio=cfg["mlp_ratio"],
-                num_classes=0,
-                global_pool="",
-                class_token=True,
-                dynamic_img_size=True,
-            )
+            self.backbone = build_mae_vit(arch, depth=depth, num_heads=num_heads)
         tile_key = f"mae-{arch}-t{self.tile_size}"
-        if self.checkpoint is None:
+        if (cfg["depth"], cfg["num_heads"]) != (base["depth"], base["num_heads"]):
+            tile_key += f"-d{cfg['depth']}h{cfg['num_heads']}"
+        if state is None:
             self.cache_key = f"{tile_key}-random-seed{seed}"
         else:
-            state = load_mae_state_dict(self.checkpoint)
             try:
                 self.backbone.load_state_dict(state, strict=True)
             except RuntimeError as e:
                 raise ValueError(
                     f"checkpoint '{self.checkpoint}' does not match the MAE ViT arch {arch!r} "
                     f"({cfg['embed_dim']} wide, {cfg['depth']} blocks, patch {cfg['patch_size']}, field of view "
-                    f"{cfg['fov']}). Details: {_short(e)}"
+                    f"{cfg['fov']}); if it was pre-trained with another depth, set depth (and num_heads). "
+                    f"Details: {_short(e)}"
                 ) from e
             self.cache_key = f"{tile_key}-{sha256_file(self.checkpoint)}"
-        if (pixel_mean, pixel_std) != (0.5, 0.25):  # another normalisation gives other embeddings
-            self.cache_key += f"-norm{float(pixel_mean):g}_{float(pixel_std):g}"
+        if (float(pixel_mean), float(pixel_std)) != (MAE_PIXEL_MEAN, MAE_PIXEL_STD):
+            self.cache_key += f"-norm{float(pixel_mean):g}_{float(pixel_std):g}"  # other normalisation, other output
         self._freeze()
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:

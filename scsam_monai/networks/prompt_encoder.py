@@ -127,21 +127,31 @@ class ClassPromptEncoder(nn.Module):
             raise ValueError(f"Expected a {self.grid_size}x{self.grid_size} feature grid, got {h}x{w}.")
         c = self.num_classes
         sim = self.similarity(features)  # (B, C, g, g)
-        activated = features.unsqueeze(1) * sim.unsqueeze(2)  # (B, C, N, g, g)
+        # Work in the token layout (B, C, g*g, N) throughout: a view of channels-last features, and the layout the
+        # Linear layers and SAM's transformer use, so no transposed copies are made.
+        flat = features.flatten(2).transpose(1, 2)  # (B, g*g, N)
+        scale = sim.flatten(2).unsqueeze(-1)  # (B, C, g*g, 1)
         if self.residual:
-            activated = activated + features.unsqueeze(1)
-        tokens = activated.flatten(3).transpose(2, 3)  # (B, C, g*g, N)
-        tokens = tokens + self.activation_mlp(tokens)
+            scale = scale + 1.0  # V_f * S_k + V_f = V_f * (S_k + 1)
+        first, _, second = self.activation_mlp
+        # The activation is a per-position scalar, so the MLP's first Linear commutes with it:
+        # W1 (s * v) + b1 = s * (W1 v) + b1, computed once per image instead of once per class.
+        hidden = torch.addcmul(first.bias, scale, F.linear(flat, first.weight).unsqueeze(1)).relu_()
+        # tokens = V_a + MLP(V_a) = (s * v + b2) + hidden @ W2^T, with the add fused into the matmul
+        residual = torch.addcmul(second.bias, flat.unsqueeze(1), scale).reshape(b * c * h * w, n)
+        tokens = torch.addmm(residual, hidden.reshape(b * c * h * w, n), second.weight.t()).reshape(b * c, h * w, n)
 
         if self.dense_head is not None:
-            grid = tokens.transpose(2, 3).reshape(b * c, n, h, w)
-            dense = self.dense_head(grid)
+            conv1, _, conv2 = self.dense_head
+            grid = F.linear(tokens, conv1.weight.flatten(1), conv1.bias).relu_()
+            grid = F.linear(grid, conv2.weight.flatten(1), conv2.bias)  # (B*C, g*g, N)
+            dense = grid.transpose(1, 2).unflatten(2, (h, w))  # (B*C, N, g, g), channels-last memory
         else:
             dense = no_mask_embedding.reshape(1, n, 1, 1).expand(b * c, n, h, w)
 
         if self.sparse_head is not None:
-            class_tokens = self.sparse_head(tokens.reshape(b * c, h * w, n)).reshape(b, c, self.num_tokens, n)
-            is_prompted = torch.eye(c, device=features.device, dtype=features.dtype)  # (prompted k, class j)
+            class_tokens = self.sparse_head(tokens).reshape(b, c, self.num_tokens, n)
+            is_prompted = torch.eye(c, device=features.device, dtype=class_tokens.dtype)  # (prompted k, class j)
             offsets = (
                 is_prompted[:, :, None, None] * positive_embedding
                 + (1 - is_prompted)[:, :, None, None] * negative_embedding

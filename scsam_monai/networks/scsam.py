@@ -82,6 +82,10 @@ class ScSAMHead(nn.Module):
         num_sparse_tokens: sparse tokens per class.
         sam_checkpoint: SAM (or SAM-compatible) checkpoint whose ``mask_decoder`` and ``prompt_encoder``
             weights initialise the decoder and the frozen positional/point embeddings; None keeps random ones.
+        channels_last: run the fusion convolutions on channels-last tensors (a speed switch, same results; meant
+            for cuDNN with bf16/fp16; no gain measured on CPU, see ``docs/performance.md``).
+        compile: ``torch.compile`` the fusion, the prompt encoder and the mask decoder in place (state dict keys
+            unchanged); the first call of each input shape compiles (tens of seconds).
 
     Example::
 
@@ -105,6 +109,8 @@ class ScSAMHead(nn.Module):
         prompts: str = "dense+sparse",
         num_sparse_tokens: int = 4,
         sam_checkpoint: str | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -134,6 +140,13 @@ class ScSAMHead(nn.Module):
         if sam_checkpoint:
             self.load_sam_weights(sam_checkpoint)
         self.sam_prompt_encoder.requires_grad_(False)
+        self._dense_pe_cache: tuple | None = None
+        self.channels_last = channels_last
+        if channels_last:
+            self.fusion.to(memory_format=torch.channels_last)
+        if compile:
+            for module in (self.fusion, self.prompt_encoder, self.mask_decoder):
+                module.compile()
 
     def load_sam_weights(self, checkpoint: str) -> None:
         """Initialise the mask decoder and SAM's prompt encoder from a SAM checkpoint file."""
@@ -148,12 +161,33 @@ class ScSAMHead(nn.Module):
 
     def encode_features(self, sam_embedding: torch.Tensor | None, mae_embedding: torch.Tensor | None) -> FusionOutput:
         """Fuse the embeddings ``(B, 256, g, g)`` and ``(B, 512, g, g)`` into V_f ``(B, N, g, g)``."""
+        if self.channels_last:
+            sam_embedding, mae_embedding = (
+                x.contiguous(memory_format=torch.channels_last) if x is not None else None
+                for x in (sam_embedding, mae_embedding)
+            )
         return self.fusion(sam_embedding, mae_embedding)
+
+    def dense_pe(self, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """SAM's dense positional encoding ``(1, N, g, g)`` (channels-last memory), cached: it is a constant.
+
+        The cache is rebuilt when the frozen Gaussian matrix changes (loading weights) or another device or dtype
+        is asked for.
+        """
+        gaussian = self.sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+        key = (gaussian.data_ptr(), gaussian._version, gaussian.device, device, dtype)
+        if self._dense_pe_cache is None or self._dense_pe_cache[0] != key:
+            with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable later for training too
+                pe = self.sam_prompt_encoder.get_dense_pe().to(device=device, dtype=dtype)
+            self._dense_pe_cache = (key, pe)
+        return self._dense_pe_cache[1]
 
     def decode(self, features: torch.Tensor) -> torch.Tensor:
         """Prompt every class on every image and decode: V_f ``(B, N, g, g)`` -> logits ``(B, C, 4g, 4g)``."""
-        b = features.shape[0]
+        b, n, h, w = features.shape
         c = self.num_classes
+        # Channels-last V_f is the token layout (B, g*g, N) of the prompt encoder and SAM's transformer.
+        features = features.contiguous(memory_format=torch.channels_last)
         point = self.sam_prompt_encoder.point_embeddings
         prompts = self.prompt_encoder(
             features,
@@ -161,10 +195,13 @@ class ScSAMHead(nn.Module):
             negative_embedding=point[0].weight[0],
             no_mask_embedding=self.sam_prompt_encoder.no_mask_embed.weight[0],
         )
-        image_embeddings = features.repeat_interleave(c, dim=0)  # row b*C + k, like the prompts
+        # row b*C + k, like the prompts; one copy, in channels-last memory
+        tokens = features.flatten(2).transpose(1, 2)  # (B, g*g, N)
+        image_embeddings = tokens.unsqueeze(1).expand(b, c, h * w, n).reshape(b * c, h * w, n)
+        image_embeddings = image_embeddings.transpose(1, 2).unflatten(2, (h, w))
         masks, _ = self.mask_decoder(
             image_embeddings=image_embeddings,
-            image_pe=self.sam_prompt_encoder.get_dense_pe().to(features.dtype),
+            image_pe=self.dense_pe(device=features.device, dtype=features.dtype),
             sparse_prompt_embeddings=prompts.sparse,
             dense_prompt_embeddings=prompts.dense,
             multimask_output=False,

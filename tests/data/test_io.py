@@ -343,3 +343,22 @@ def test_read_image_2d_errors(tmp_path):
     tifffile.imwrite(tmp_path / "stack.tif", VOLUME)
     with pytest.raises(ValueError, match=r"stack\.tif: expected a 2D single-channel image"):
         read_image_2d(tmp_path / "stack.tif")
+
+
+def test_malformed_container_metadata_names_the_file(tmp_path):
+    (tmp_path / "a.n5").mkdir()
+    (tmp_path / "a.n5" / "attributes.json").write_text("[1, 2]")
+    with pytest.raises(DataPreparationError, match=r"attributes\.json: expected a JSON object, got list"):
+        open_volume(tmp_path / "a.n5")
+    (tmp_path / "b.zarr").mkdir()
+    (tmp_path / "b.zarr" / ".zarray").write_text('{"shape": "not a shape", "zarr_format": 2}')
+    with pytest.raises(DataPreparationError, match=r"b\.zarr"):
+        open_volume(tmp_path / "b.zarr")
+
+
+def test_read_needing_more_than_half_the_memory_is_refused(tmp_path):
+    from scsam_monai.data.io import check_memory
+
+    check_memory(1 << 20, "small.tif")
+    with pytest.raises(DataPreparationError, match=r"huge\.tif: reading it needs 16384\.0 GiB, more than half"):
+        check_memory(1 << 44, "huge.tif")

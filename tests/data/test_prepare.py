@@ -369,6 +369,11 @@ def _bad_inputs(tmp_path: Path, case: str) -> list[str]:
     elif case == "empty":
         write_tif(tmp_path / "empty.tif", np.zeros((3, 0, 24), np.uint8))
         args[args.index(str(cell["image"]))] = str(tmp_path / "empty.tif")
+    elif case == "nan":
+        image = cell["array"].astype(np.float32)
+        image[1, 3, 3] = np.nan
+        write_tif(tmp_path / "nan.tif", image)
+        args[args.index(str(cell["image"]))] = str(tmp_path / "nan.tif")
     return args + ["--train-slices", "0:2", "--val-slices", "2:3"]
 
 
@@ -382,6 +387,7 @@ def _bad_inputs(tmp_path: Path, case: str) -> list[str]:
         ("hdf5-key", r"cell\.h5: has no dataset 'em' \(datasets in the file: raw\)"),
         ("unreadable", r"junk\.tif: cannot be read as a TIFF file"),
         ("empty", r"empty\.tif: .*empty"),
+        ("nan", r"nan\.tif: slice 1 along z holds 1 NaN or infinite value"),
     ],
 )
 def test_bad_input_stops_with_a_message_naming_the_file_and_writes_nothing(tmp_path, capsys, case, message):

@@ -51,9 +51,9 @@ def trained(tmp_path_factory, repo_root):
         "dataset_dir": work / "data",
         "output_dir": work / "out",
         "views_per_image": 1,
-        "train#batch_size": 5,
+        "train#batch_size": 2,
         "train#trainer#max_epochs": 6,
-        "learning_rate": 0.002,
+        "learning_rate": 0.001,
     }
     train = _run_bundle(repo_root, "training", ["train.yaml", "demo.yaml"], overrides, cwd=work)
     return work, overrides, train

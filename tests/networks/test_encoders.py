@@ -14,6 +14,7 @@ from segment_anything.modeling import ImageEncoderViT
 
 import scsam_monai.networks.encoders as encoders_module
 from scsam_monai.networks.checkpoints import (
+    load_mae_checkpoint,
     load_mae_state_dict,
     load_sam_state_dict,
     sha256_file,
@@ -392,3 +393,99 @@ def test_mae_tile_and_stitch_are_inverse(mae):
     torch.testing.assert_close(tiles[1], x[0, :, :128, 128:])  # row-major: top-right second
     torch.testing.assert_close(tiles[6], x[1, :, 128:, :128])
     torch.testing.assert_close(mae.stitch(tiles), x)
+
+
+# ------------------------------------------------------------------------------ MAE arch shared with pre-training
+
+
+def test_mae_vit_is_built_from_one_arch_name(mae):
+    from scsam_monai.mae.model import MaskedAutoencoder
+
+    built = encoders_module.build_mae_vit("tiny")
+    pretraining = MaskedAutoencoder(arch="tiny").encoder
+    shapes = {k: v.shape for k, v in mae.backbone.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in built.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in pretraining.state_dict().items()}
+    assert mae.architecture == encoders_module.mae_architecture("tiny")
+    with pytest.raises(ValueError, match="num_heads"):
+        encoders_module.mae_architecture("tiny", num_heads=3)  # 512 is not a multiple of 3
+
+
+def test_mae_depth_and_heads_overrides_change_the_cache_key():
+    enc = FrozenMaeEncoder(arch="tiny", allow_random_weights=True, depth=2, num_heads=8)
+    assert len(enc.backbone.blocks) == 2 and enc.backbone.blocks[0].attn.num_heads == 8
+    assert enc.cache_key == "mae-tiny-t128-d2h8-random-seed0"
+
+
+# ----------------------------------------------------------------------- MAE stitching with the real timm ViT
+
+
+def _token_local(enc: FrozenMaeEncoder) -> FrozenMaeEncoder:
+    """Without its transformer blocks the ViT's token (i, j) depends on patch (i, j) of its tile only (patch
+    embedding + interpolated position embedding + norm), which makes every token's place observable."""
+    enc.backbone.blocks = nn.Identity()
+    return enc
+
+
+@pytest.mark.parametrize("tile_size", [128, 64])
+def test_mae_real_vit_tokens_land_where_their_pixels_were(tile_size):
+    enc = _token_local(FrozenMaeEncoder(arch="tiny", allow_random_weights=True, tile_size=tile_size))
+    torch.manual_seed(0)
+    image = torch.rand(1, 1, 256, 192)  # non-square; longest side = canvas: no resize, padding on the right
+    base = enc(image)
+    for r, c in [(5, 7), (10, 40), (40, 3), (50, 45), (63, 47)]:  # one in each 128-tile, and the last patch
+        changed = image.clone()
+        changed[..., 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] = 1.0 - changed[..., 4 * r : 4 * r + 4, 4 * c : 4 * c + 4]
+        diff = (enc(changed) - base).abs().amax(dim=(0, 1))
+        assert diff[r, c] > 1e-3
+        assert torch.nonzero(diff > 1e-6).tolist() == [[r, c]], (r, c)
+
+
+def test_mae_real_vit_encodes_tiles_independently_and_stitches_them_in_place():
+    enc = FrozenMaeEncoder(arch="tiny", allow_random_weights=True)  # full ViT: attention mixes tokens in a tile
+    torch.manual_seed(1)
+    image = torch.rand(1, 1, 200, 256)  # non-square the other way: padding at the bottom
+    base = enc(image)
+    assert base.shape == (1, 512, 64, 64)
+    for ti, tj in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+        changed = image.clone()
+        changed[..., 128 * ti + 30 : 128 * ti + 40, 128 * tj + 50 : 128 * tj + 60] = 1.0
+        diff = (enc(changed) - base).abs().amax(dim=1)[0] > 1e-6
+        block = torch.zeros(64, 64, dtype=torch.bool)
+        block[32 * ti : 32 * ti + 32, 32 * tj : 32 * tj + 32] = True
+        assert diff[block].all() and not diff[~block].any(), (ti, tj)
+
+
+def test_mae_vit_512_stitches_four_512_tiles_into_64x64():
+    enc = _token_local(FrozenMaeEncoder(arch="mae_vit_512", allow_random_weights=True))
+    assert (enc.img_size, enc.tile_size, enc.tiles_per_side) == (1024, 512, 2)
+    torch.manual_seed(2)
+    image = torch.rand(1, 1, 1024, 640)
+    base = enc(image)
+    assert base.shape == (1, 512, 64, 64)
+    changed = image.clone()
+    changed[..., 16 * 40 : 16 * 41, 16 * 35 : 16 * 36] = 0.0  # patch (40, 35): bottom-right tile
+    diff = (enc(changed) - base).abs().amax(dim=(0, 1))
+    assert torch.nonzero(diff > 1e-6).tolist() == [[40, 35]]
+
+
+# ------------------------------------------------------------------------------- MAE pre-training exports
+
+
+def test_mae_export_records_its_architecture(tmp_path):
+    from scsam_monai.mae.model import MaskedAutoencoder
+
+    torch.manual_seed(0)
+    pretrained = MaskedAutoencoder(arch="tiny", depth=2, num_heads=8)
+    path = pretrained.save_encoder(tmp_path / "mae_encoder.pt", epoch=7)
+    state, record = load_mae_checkpoint(path)
+    assert record["arch"] == "tiny" and record["depth"] == 2 and record["epoch"] == 7
+    assert set(state) == set(pretrained.encoder.state_dict())
+    enc = FrozenMaeEncoder(arch="tiny", checkpoint=path)  # depth and heads from the record
+    _assert_same_weights(enc.backbone, pretrained.encoder)
+    assert enc.backbone.blocks[0].attn.num_heads == 8
+    assert enc.cache_key == f"mae-tiny-t128-d2h8-{sha256_file(path)}"
+    with pytest.raises(ValueError, match="depth=2.*depth=1"):
+        FrozenMaeEncoder(arch="tiny", checkpoint=path, depth=1)
+    with pytest.raises(ValueError, match="pre-trained with MAE arch 'tiny'.*mae_arch: tiny"):
+        FrozenMaeEncoder(arch="mae_vit_512", checkpoint=path)

@@ -1,0 +1,193 @@
+"""Run the benchmark sections of a profile and assemble the report."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .memory import measure_volume_memory
+from .models import build_model, describe_weights
+from .profiles import BenchmarkProfile
+from .report import RATIO_KEYS, check_targets, compute_ratios, write_report
+from .sections import cache_read, flops_section, head_training, per_image_inference
+
+__all__ = ["SECTIONS", "run_benchmark"]
+
+logger = logging.getLogger(__name__)
+
+SECTIONS = ("inference", "training", "data", "flops")
+
+
+def _environment(device: torch.device, amp_dtype: torch.dtype | None) -> dict:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "CPU")
+    return {
+        "device": str(device),
+        "device_name": name,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "amp_dtype": None if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
+        "cuda": torch.version.cuda,
+    }
+
+
+def _notes(profile: BenchmarkProfile, device: torch.device, report: dict) -> list[str]:
+    notes = []
+    if report["random_weights"]:
+        notes.append("Encoders with RANDOM weights: the timings are those of the real architectures, nothing else is.")
+    if profile.sam_arch == "tiny" or profile.mae_arch == "tiny":
+        notes.append(
+            "Tiny encoders: they cost about 3% of SAM vit_b + the paper's MAE while the head is the real-size head, "
+            "so head_over_encoders, full_over_* and encoder_flops_fraction say nothing about the real model; the "
+            "targets on them apply to the full profile."
+        )
+    memory = report.get("memory")
+    if memory:
+        counts = [m["slices"] for m in memory["checkpoints"]]
+        if counts != [100, 1000]:
+            notes.append(
+                f"memory_1000_over_100_slices was measured at {counts[0]} and {counts[-1]} slices (peak RSS after "
+                "slice N and after slice 10 N of one streaming run in a fresh process)."
+            )
+    if device.type == "cpu":
+        notes.append(
+            "CPU run: no autocast, and batching all classes (or slices) in one call saves no arithmetic, only call "
+            "overhead, which is small next to the FLOPs on a CPU; batching pays on a GPU (launch- and occupancy-"
+            "bound small calls)."
+        )
+    return notes
+
+
+def run_benchmark(
+    profile: BenchmarkProfile,
+    out_dir: str | Path,
+    *,
+    device: str | torch.device = "auto",
+    amp: bool = True,
+    sections: Sequence[str] = SECTIONS,
+    sam_checkpoint: str | None = None,
+    mae_checkpoint: str | None = None,
+    compile: bool = False,
+    channels_last: bool = True,
+    threads: int | None = None,
+    memory_timeout: float | None = None,
+) -> dict:
+    """Measure the sections of ``profile``, write ``benchmark.json`` and ``benchmark.md`` into ``out_dir``.
+
+    Args:
+        profile: sizes and counts.
+        out_dir: output folder.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``...
+        amp: autocast on CUDA (bfloat16 where supported, else float16); never on CPU.
+        sections: subset of :data:`SECTIONS`.
+        sam_checkpoint: SAM checkpoint; None for random weights.
+        mae_checkpoint: MAE checkpoint; None for random weights.
+        compile: also time ``torch.compile``-d encoders and head (section 1).
+        channels_last: also time the head with channels-last fusion (section 1).
+        threads: torch threads (None: torch's default).
+        memory_timeout: seconds before the memory child process is stopped.
+
+    Returns:
+        The report (what ``benchmark.json`` holds).
+    """
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown sections {sorted(unknown)}, expected some of {SECTIONS}.")
+    if threads:
+        torch.set_num_threads(threads)
+    device = (
+        torch.device("cuda" if torch.cuda.is_available() else "cpu") if str(device) == "auto" else torch.device(device)
+    )
+    amp_dtype = None
+    if amp and device.type == "cuda":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    batch = profile.infer_batch_cuda if device.type == "cuda" else profile.infer_batch
+    started = time.perf_counter()
+    model = build_model(
+        profile.sam_arch, profile.mae_arch, sam_checkpoint=sam_checkpoint, mae_checkpoint=mae_checkpoint, device=device
+    )
+    report: dict = {
+        "schema": 1,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "profile": profile.to_dict(),
+        "environment": _environment(device, amp_dtype),
+        **describe_weights(model),
+        "sections": list(sections),
+    }
+    timings: dict = {}
+    if "inference" in sections:
+        logger.info("Section 1: per-image inference (batch %d)", batch)
+        t = time.perf_counter()
+        report["per_image"] = per_image_inference(
+            model,
+            profile,
+            device=device,
+            batch=batch,
+            amp_dtype=amp_dtype,
+            channels_last=channels_last,
+            compile=compile,
+        )
+        timings["inference"] = time.perf_counter() - t
+    if "training" in sections:
+        logger.info("Section 2: head training (batch %d)", profile.train_batch)
+        t = time.perf_counter()
+        report["training"] = head_training(model.head, profile, device=device, amp_dtype=amp_dtype)
+        timings["training"] = time.perf_counter() - t
+    if "data" in sections:
+        logger.info("Section 3: embedding-cache reads and volume-inference memory")
+        t = time.perf_counter()
+        report["cache"] = cache_read(profile, grid=model.head.grid_size)
+        report["memory"] = measure_volume_memory(
+            sam_arch=profile.sam_arch,
+            mae_arch=profile.mae_arch,
+            slices=profile.memory_slices,
+            batch_size=batch,
+            image_size=profile.image_size,
+            device=device,
+            amp_dtype=amp_dtype,
+            threads=torch.get_num_threads(),
+            sam_checkpoint=sam_checkpoint,
+            mae_checkpoint=mae_checkpoint,
+            timeout=memory_timeout,
+        )
+        timings["data"] = time.perf_counter() - t
+    if "flops" in sections:
+        logger.info("Section 4: matmul throughput")
+        t = time.perf_counter()
+        matmul = flops_section(device, profile, amp_dtype)
+        flops: dict = {"matmul": matmul}
+        per = report.get("per_image")
+        if per:
+            fl, sec = per["flops_per_image"], per["seconds_per_image"]
+            enc_flops = fl["sam_encoder"] + fl["mae_encoder"]
+            enc_seconds = sec["sam_encoder"]["median"] + sec["mae_encoder"]["median"]
+            peak = matmul[matmul["reference"]]["flops_per_s"]
+            flops.update(
+                {
+                    "encoder_flops_per_image": enc_flops,
+                    "encoder_flops_per_s": enc_flops / enc_seconds,
+                    "encoder_fraction_of_matmul": enc_flops / enc_seconds / peak,
+                    "sam_fraction_of_matmul": fl["sam_encoder"] / sec["sam_encoder"]["median"] / peak,
+                    "mae_fraction_of_matmul": fl["mae_encoder"] / sec["mae_encoder"]["median"] / peak,
+                    "head_fraction_of_matmul": fl["head"] / sec["head"]["median"] / peak,
+                }
+            )
+        report["flops"] = flops
+        timings["flops"] = time.perf_counter() - t
+    report["ratios"] = compute_ratios(report)
+    assert all(key in report["ratios"] for key in RATIO_KEYS)
+    report["targets"] = check_targets(report["ratios"])
+    report["notes"] = _notes(profile, device, report)
+    timings["total"] = time.perf_counter() - started
+    report["section_seconds"] = timings
+    write_report(report, out_dir)
+    return report

@@ -1,0 +1,126 @@
+"""The MAE pre-training step for MONAI's ``SupervisedTrainer``, its learning-rate schedule, and resuming.
+
+The trainer, optimizer, checkpoints and handlers are MONAI's (wired in ``bundle/configs/pretrain_mae.yaml``);
+the step replaces ``SupervisedTrainer``'s forward/loss because an MAE has no label: the network masks the batch
+and returns predictions and targets, the loss compares them on the masked patches.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys as Keys
+from torch.optim.lr_scheduler import LambdaLR
+
+__all__ = ["MaeTrainStep", "warmup_cosine_schedule", "find_resume_checkpoint"]
+
+_EPOCH_IN_NAME = re.compile(r"epoch=(\d+)")
+
+
+class MaeTrainStep:
+    """One MAE iteration (``SupervisedTrainer``'s ``iteration_update``): mask, reconstruct, loss, step.
+
+    ``engine.network`` is a :class:`~scsam_monai.mae.model.MaskedAutoencoder` and ``engine.loss_function`` a
+    :class:`~scsam_monai.mae.model.MaskedPatchLoss`. MONAI's iteration events are fired as in its own step.
+
+    Args:
+        image_key: batch key of the images (B, 1, H, W) in [0, 1].
+        amp_dtype: autocast dtype when the trainer's ``amp`` is on; bfloat16 needs no gradient scaler, float16
+            uses the trainer's.
+    """
+
+    def __init__(self, image_key: str = Keys.IMAGE, amp_dtype: torch.dtype = torch.bfloat16) -> None:
+        self.image_key = image_key
+        self.amp_dtype = amp_dtype
+
+    def __call__(self, engine: SupervisedTrainer, batchdata: Mapping[str, torch.Tensor]) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        images = torch.as_tensor(batchdata[self.image_key]).to(engine.state.device, non_blocking=engine.non_blocking)
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=True)
+        device_type = engine.state.device.type if isinstance(engine.state.device, torch.device) else "cpu"
+        with torch.autocast(device_type=device_type, dtype=self.amp_dtype, enabled=bool(engine.amp)):
+            out = engine.network(images)
+        engine.state.output = {Keys.IMAGE: images, Keys.PRED: out["pred"], "mask": out["mask"]}
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        loss = engine.loss_function(out["pred"], out["target"], out["mask"])
+        engine.state.output[Keys.LOSS] = loss
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        if engine.amp and engine.scaler is not None and self.amp_dtype == torch.float16:
+            engine.scaler.scale(loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            loss.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        engine.state.output = {Keys.IMAGE: images.detach(), Keys.LOSS: loss.detach()}
+        return engine.state.output
+
+
+def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, *, warmup_epochs: int, max_epochs: int) -> LambdaLR:
+    """Epoch-level learning-rate factor: linear warm-up to 1, then half a cosine to 0 at ``max_epochs`` (MAE's).
+
+    Factor after ``e`` completed epochs: ``(e + 1) / warmup_epochs`` while ``e < warmup_epochs``, then
+    ``0.5 * (1 + cos(pi * (e - warmup_epochs) / (max_epochs - warmup_epochs)))``. The factor is a function of the
+    epoch and of these two numbers only: a checkpoint stores the epoch (``last_epoch``), not the numbers, so a run
+    resumed with a larger ``max_epochs`` follows the longer schedule from where it stopped.
+
+    Args:
+        optimizer: the optimizer (one step per epoch, e.g. MONAI's ``LrScheduleHandler(epoch_level=True)``).
+        warmup_epochs: epochs of linear warm-up (clipped to ``max_epochs``; 0 for none).
+        max_epochs: total epochs.
+    """
+    if max_epochs < 1 or warmup_epochs < 0:
+        raise ValueError(f"need max_epochs >= 1 and warmup_epochs >= 0, got {max_epochs} and {warmup_epochs}.")
+    warmup = min(int(warmup_epochs), int(max_epochs))
+    total = int(max_epochs)
+
+    def factor(epoch: int) -> float:
+        if epoch < warmup:
+            return (epoch + 1) / warmup
+        progress = min((epoch - warmup) / max(1, total - warmup), 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
+def _saved_epoch(path: Path) -> tuple[float, float]:
+    match = _EPOCH_IN_NAME.search(path.name)
+    return (path.stat().st_mtime, float(match.group(1)) if match else math.inf)
+
+
+def find_resume_checkpoint(ckpt_dir: str | Path, resume: bool | str | None) -> str | None:
+    """The training checkpoint to resume from.
+
+    Args:
+        ckpt_dir: folder of the pre-training checkpoints (``checkpoint_epoch=N.pt`` and the final one).
+        resume: False/None: do not resume (returns None); True: the most recently written ``*.pt`` checkpoint in
+            ``ckpt_dir``; a path: that file.
+
+    Raises:
+        FileNotFoundError: ``resume`` asks for a checkpoint that does not exist.
+    """
+    if resume is None or resume is False or (isinstance(resume, str) and resume.strip().lower() in ("", "false")):
+        return None
+    if resume is True or (isinstance(resume, str) and resume.strip().lower() in ("true", "latest")):
+        folder = Path(ckpt_dir)
+        found = sorted((p for p in folder.glob("*.pt") if p.is_file()), key=_saved_epoch) if folder.is_dir() else []
+        if not found:
+            raise FileNotFoundError(
+                f"resume was asked for, but {folder} holds no checkpoint (*.pt) of an earlier pre-training run."
+            )
+        return str(found[-1])
+    path = Path(str(resume))
+    if not path.is_file():
+        raise FileNotFoundError(f"resume checkpoint not found: {path}.")
+    return str(path)

@@ -1,0 +1,288 @@
+"""Ignite handlers of the MAE pre-training: epoch seeding, loss history, reconstruction figure, encoder export.
+
+MONAI's handlers do the rest (statistics, TensorBoard, checkpoints, resume, learning-rate schedule). Files are
+written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from ..atomic import atomic_save_figure, atomic_write_json
+
+__all__ = ["EngineState", "EpochSeed", "LossHistory", "ReconstructionWriter", "EncoderExporter"]
+
+logger = logging.getLogger(__name__)
+
+_MASK_COLOUR = (0.35, 0.55, 0.85)
+
+
+def _matplotlib():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    return getattr(network, "module", network)  # DistributedDataParallel / DataParallel
+
+
+class EngineState:
+    """The state of the engine it is attached to, as a checkpointable object.
+
+    A bundle config cannot name the trainer inside the trainer's own handlers (a circular reference); this
+    stand-in, listed among the handlers, gives ``CheckpointSaver``/``CheckpointLoader`` the trainer's
+    ``state_dict``/``load_state_dict`` (epoch, iteration, epoch length, max epochs).
+    """
+
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+
+    def attach(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _engine(self) -> Engine:
+        if self.engine is None:
+            raise RuntimeError("EngineState is not attached to an engine; list it among the trainer's handlers.")
+        return self.engine
+
+    def state_dict(self) -> dict:
+        """The engine's ``state_dict``."""
+        return self._engine().state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the engine's state (epoch, iteration, ...)."""
+        self._engine().load_state_dict(state)
+
+
+class EpochSeed:
+    """Seed every epoch from ``(seed, epoch)``: the random crops, flips, shuffling and masks of an epoch depend on
+    nothing else, so a run resumed from a checkpoint repeats the epochs of an uninterrupted run.
+
+    At each ``EPOCH_STARTED`` it seeds Python's, NumPy's and torch's RNGs (all devices) and the random transforms of
+    ``dataset`` (MONAI's ``set_rnd``); data-loader workers are seeded from torch's RNG when the epoch's iterator
+    starts.
+
+    Args:
+        seed: the run's seed.
+        dataset: the training dataset whose random transforms are reseeded (None to skip).
+    """
+
+    def __init__(self, seed: int = 0, dataset: object | None = None) -> None:
+        self.seed = int(seed)
+        self.dataset = dataset
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def epoch_seed(self, epoch: int) -> int:
+        """The seed of ``epoch`` (below 2**32)."""
+        return (self.seed * 1_000_003 + int(epoch)) % (2**32)
+
+    def __call__(self, engine: Engine) -> None:
+        seed = self.epoch_seed(engine.state.epoch)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        if self.dataset is not None:
+            from monai.data.utils import set_rnd
+
+            set_rnd(self.dataset, seed)
+
+
+class LossHistory:
+    """Mean training loss per epoch: ``engine.state.metrics[metric_name]``, ``<prefix>.json`` and ``<prefix>.png``.
+
+    Attach it before the statistics/TensorBoard handlers so that their epoch logs include the mean. It has
+    ``state_dict``/``load_state_dict``: put it in the checkpoint so that a resumed run continues the history.
+
+    Args:
+        output_dir: folder of the JSON and PNG files.
+        prefix: file name stem.
+        metric_name: name of the epoch mean in ``engine.state.metrics``.
+    """
+
+    def __init__(self, output_dir: str | Path, prefix: str = "mae_loss", metric_name: str = "mae_epoch_loss") -> None:
+        self.output_dir = Path(output_dir)
+        self.prefix = prefix
+        self.metric_name = metric_name
+        self.epochs: list[int] = []
+        self.losses: list[float] = []
+        self._iteration_losses: list[float] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self._iteration_losses.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._record_iteration)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._record_epoch)
+
+    def state_dict(self) -> dict:
+        """The history, for checkpoints."""
+        return {"epochs": list(self.epochs), "losses": list(self.losses)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the history of a checkpoint."""
+        self.epochs = [int(e) for e in state.get("epochs", [])]
+        self.losses = [float(v) for v in state.get("losses", [])]
+
+    def _record_iteration(self, engine: Engine) -> None:
+        output = engine.state.output
+        loss = output.get("loss") if isinstance(output, dict) else None
+        if loss is not None:
+            self._iteration_losses.append(float(loss))
+
+    def _record_epoch(self, engine: Engine) -> None:
+        mean = float(np.mean(self._iteration_losses)) if self._iteration_losses else math.nan
+        self.epochs.append(int(engine.state.epoch))
+        self.losses.append(mean)
+        engine.state.metrics[self.metric_name] = mean
+        self.write()
+
+    def write(self) -> None:
+        """Write ``<prefix>.json`` and the plot ``<prefix>.png``."""
+        atomic_write_json(self.output_dir / f"{self.prefix}.json", {"epoch": self.epochs, "loss": self.losses})
+        plt = _matplotlib()
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        ax.plot(self.epochs, self.losses, marker="o" if len(self.epochs) < 50 else None, color="tab:blue")
+        ax.set(xlabel="epoch", ylabel="masked-patch MSE", title="MAE pre-training loss (mean per epoch)")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        atomic_save_figure(self.output_dir / f"{self.prefix}.png", fig)
+        plt.close(fig)
+
+
+class ReconstructionWriter:
+    """Every ``interval`` epochs and at the end: a PNG of masked input | reconstruction | original.
+
+    The images are the first ``num_images`` crops of the first batch the run sees, masked with a fixed seed, so
+    successive figures show the same crops and masks.
+
+    Args:
+        output_dir: destination folder.
+        interval: epochs between figures (0: only at the end).
+        num_images: rows of the figure.
+        filename: PNG name.
+        seed: seed of the masks.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        interval: int = 50,
+        num_images: int = 4,
+        filename: str = "mae_reconstruction.png",
+        seed: int = 0,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.interval = int(interval)
+        self.num_images = int(num_images)
+        self.filename = filename
+        self.seed = int(seed)
+        self.images: torch.Tensor | None = None
+        self.written_epochs: list[int] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._capture)
+        if self.interval > 0:
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def _capture(self, engine: Engine) -> None:
+        if self.images is None and isinstance(engine.state.output, dict) and "image" in engine.state.output:
+            self.images = engine.state.output["image"][: self.num_images].detach().to("cpu", copy=True)
+
+    def __call__(self, engine: Engine) -> None:
+        if self.images is None or (self.written_epochs and self.written_epochs[-1] == engine.state.epoch):
+            return
+        network = _unwrap(engine.network)
+        device = next(network.parameters()).device
+        was_training = network.training
+        network.eval()
+        try:
+            generator = torch.Generator().manual_seed(self.seed)
+            out = network.reconstruct(self.images.to(device), generator=generator)
+        finally:
+            network.train(was_training)
+        self._plot(out, engine.state.epoch, bool(getattr(network, "norm_pix_loss", False)))
+        self.written_epochs.append(int(engine.state.epoch))
+
+    def _plot(self, out: dict[str, torch.Tensor], epoch: int, norm_pix: bool) -> None:
+        plt = _matplotlib()
+        columns = [("masked", "masked input"), ("reconstruction", "reconstruction"), ("original", "original")]
+        rows = out["original"].shape[0]
+        fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.5 * rows + 0.4), squeeze=False)
+        for r in range(rows):
+            masked = out["mask"][r, 0].cpu().numpy() > 0.5
+            for c, (key, title) in enumerate(columns):
+                gray = out[key][r, 0].float().clamp(0, 1).cpu().numpy()
+                image = np.repeat(gray[..., None], 3, axis=-1)
+                if key == "masked":
+                    image[masked] = _MASK_COLOUR  # masked patches in colour, not confusable with dark EM
+                axes[r, c].imshow(image, interpolation="nearest")
+                axes[r, c].set_axis_off()
+                if r == 0:
+                    axes[r, c].set_title(title, fontsize=9)
+        fig.suptitle(f"MAE pre-training, epoch {epoch}", fontsize=10)
+        if norm_pix:
+            fig.text(
+                0.5,
+                0.005,
+                "norm_pix_loss: each predicted patch is shown with the original patch's mean and spread",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+        fig.tight_layout(rect=(0, 0.02, 1, 1))
+        atomic_save_figure(self.output_dir / self.filename, fig)
+        plt.close(fig)
+        logger.info("MAE reconstruction (epoch %d) written to %s", epoch, self.output_dir / self.filename)
+
+
+class EncoderExporter:
+    """Write the MAE's encoder alone (``MaskedAutoencoder.save_encoder``) for ``FrozenMaeEncoder``.
+
+    Written every ``interval`` epochs and when training completes, atomically; the file records the architecture
+    and the epoch.
+
+    Args:
+        path: destination, e.g. ``bundle/models/mae_encoder.pt``.
+        interval: epochs between exports (0: only at the end).
+    """
+
+    def __init__(self, path: str | Path, interval: int = 0) -> None:
+        self.path = Path(path)
+        self.interval = int(interval)
+        self.exported_epochs: list[int] = []
+
+    def attach(self, engine: Engine) -> None:
+        if self.interval > 0:
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        epoch = int(engine.state.epoch)
+        if self.exported_epochs and self.exported_epochs[-1] == epoch:
+            return
+        network = _unwrap(engine.network)
+        network.save_encoder(self.path, epoch=epoch)
+        self.exported_epochs.append(epoch)
+        arch = network.architecture["arch"]
+        logger.info(
+            "MAE encoder (arch %r, epoch %d) exported to %s; use it with FrozenMaeEncoder(arch=%r, checkpoint=...) "
+            "or --mae_arch %s --mae_checkpoint %s",
+            arch,
+            epoch,
+            self.path,
+            arch,
+            arch,
+            self.path,
+        )

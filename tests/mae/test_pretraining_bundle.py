@@ -1,0 +1,177 @@
+"""The MAE pre-training through MONAI's bundle runner (demo profile, shortened): outputs, loss, export, resume.
+
+Also on real EM (the Drosophila VNC ssTEM sections in ../shared/data/, skipped when absent).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+
+from scsam_monai.data.synthetic import write_synthetic_dataset
+from scsam_monai.networks.encoders import FrozenMaeEncoder
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = [str(REPO / "bundle/configs/pretrain_mae.yaml"), str(REPO / "bundle/configs/pretrain_demo.yaml")]
+META = str(REPO / "bundle/configs/metadata.json")
+REAL_EM = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "drosophila-vnc-sstem"
+
+# a few small synthetic slices: 2 iterations of 8 crops per epoch
+SMALL = {"batch_size": 8, "crops_per_image": 2, "num_workers": 0}
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mae_data")
+    write_synthetic_dataset(root, num_train=6, num_val=2, num_test=1, size=96, seed=3)
+    return root
+
+
+def _workflow(**override) -> ConfigWorkflow:
+    workflow = ConfigWorkflow(
+        config_file=CONFIGS,
+        meta_file=META,
+        logging_file=False,
+        run_id="pretraining",
+        workflow_type=None,
+        **{k: str(v) if isinstance(v, Path) else v for k, v in {**SMALL, **override}.items()},
+    )
+    workflow.initialize()
+    return workflow
+
+
+def _loss(path: Path) -> dict:
+    return json.loads((path / "mae_loss.json").read_text())
+
+
+def _bundle_cli(run_id: str, configs: list[str], overrides: dict, cwd: Path) -> str:
+    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--meta_file", META]
+    cmd += ["--logging_file", str(REPO / "bundle/configs/logging.conf"), "--config_file", str(configs)]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", str(value)]
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    return log
+
+
+@pytest.fixture(scope="module")
+def pretrained(synthetic, tmp_path_factory) -> tuple[Path, Path, str]:
+    """One pre-training run through the bundle command line (the user's command), 4 short epochs."""
+    work = tmp_path_factory.mktemp("mae_cli")
+    out, export = work / "out", work / "models" / "mae_encoder.pt"
+    overrides = {**SMALL, "dataset_dir": synthetic, "output_dir": out, "export_path": export, "max_epochs": 4}
+    overrides.update(save_interval=2, png_interval=2, learning_rate=0.002)
+    return out, export, _bundle_cli("pretraining", CONFIGS, overrides, cwd=work)
+
+
+def test_one_bundle_command_pretrains_and_exports_the_encoder(pretrained):
+    out, export, log = pretrained
+    assert "ignoring non-scalar" not in log and "RANDOM" not in log
+    history = _loss(out)
+    assert history["epoch"] == [1, 2, 3, 4]
+    assert history["loss"][-1] < 0.8 * history["loss"][0], history  # the loss falls on synthetic EM
+    assert (out / "mae_reconstruction.png").stat().st_size > 5000
+    assert (out / "mae_loss.png").stat().st_size > 1000
+    assert list(out.glob("events.out.tfevents.*")), "no TensorBoard log"
+    checkpoints = {p.name for p in (out / "checkpoints").iterdir()}
+    assert {"checkpoint_epoch=2.pt", "checkpoint_epoch=4.pt", "mae_checkpoint_final.pt"} <= checkpoints
+
+    # the export is what FrozenMaeEncoder loads (weights_only), and embeds any image into 512x64x64
+    record = torch.load(export, weights_only=True)["mae_architecture"]
+    assert record["arch"] == "tiny" and record["epoch"] == 4
+    encoder = FrozenMaeEncoder(arch="tiny", checkpoint=export)
+    assert encoder.cache_key.startswith("mae-tiny-t128-") and "random" not in encoder.cache_key
+    for shape in [(2, 1, 96, 96), (1, 1, 96, 150), (1, 3, 300, 120)]:
+        embedding = encoder(torch.rand(shape))
+        assert embedding.shape == (shape[0], 512, 64, 64) and torch.isfinite(embedding).all()
+    # the full training checkpoint holds the same encoder weights
+    same = FrozenMaeEncoder(arch="tiny", checkpoint=out / "checkpoints" / "mae_checkpoint_final.pt")
+    for k, v in encoder.backbone.state_dict().items():
+        assert torch.equal(same.backbone.state_dict()[k], v), k
+
+
+def test_scsam_trains_on_the_pretrained_mae_embeddings_through_the_bundle(pretrained, synthetic, tmp_path):
+    _, export, _ = pretrained
+    configs = [str(REPO / "bundle/configs/train.yaml"), str(REPO / "bundle/configs/demo.yaml")]
+    overrides = {
+        "dataset_dir": synthetic,
+        "output_dir": tmp_path / "out",
+        "cache_dir": tmp_path / "cache",
+        "mae_checkpoint": export,
+        "mae_allow_random_weights": False,
+        "views_per_image": 1,
+        "train#batch_size": 4,
+        "train#trainer#max_epochs": 1,
+    }
+    log = _bundle_cli("training", configs, overrides, cwd=tmp_path)
+    assert "FrozenMaeEncoder(arch='tiny') is using RANDOM" not in log  # the MAE stream is the pre-trained one
+    assert (tmp_path / "out" / "models" / "checkpoint_final.pt").is_file()
+    key = FrozenMaeEncoder(arch="tiny", checkpoint=export).cache_key
+    assert any(key in str(p) for p in (tmp_path / "cache").rglob("*")), "no embeddings cached under the MAE's key"
+
+
+def test_resume_continues_from_the_saved_epoch_and_matches_an_uninterrupted_run(synthetic, tmp_path):
+    common = {"dataset_dir": synthetic, "max_epochs": 4, "png_interval": 0}
+    full = _workflow(
+        **common, output_dir=tmp_path / "full", export_path=tmp_path / "full.pt", save_interval=1, keep_checkpoints=None
+    )
+    full.run()
+
+    resumed_ckpts = tmp_path / "resumed" / "checkpoints"
+    resumed_ckpts.mkdir(parents=True)
+    shutil.copy(tmp_path / "full" / "checkpoints" / "checkpoint_epoch=2.pt", resumed_ckpts)
+    resumed = _workflow(**common, output_dir=tmp_path / "resumed", export_path=tmp_path / "resumed.pt", resume=True)
+    trainer = resumed.parser.get_parsed_content("train#trainer")
+    epochs_run: list[int] = []
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: epochs_run.append(engine.state.epoch))
+    resumed.run()
+
+    assert epochs_run == [3, 4]  # started from the saved epoch 2
+    assert trainer.state.epoch == 4 and trainer.state.iteration == 4 * 2
+    assert _loss(tmp_path / "resumed") == _loss(tmp_path / "full")  # history restored, then the same epochs
+    net_full, net_resumed = (w.parser.get_parsed_content("network") for w in (full, resumed))
+    for k, v in net_full.state_dict().items():
+        assert torch.equal(net_resumed.state_dict()[k], v), k
+    opt_full, opt_resumed = (w.parser.get_parsed_content("optimizer").state_dict() for w in (full, resumed))
+    for index, state in opt_full["state"].items():
+        assert int(opt_resumed["state"][index]["step"]) == int(state["step"]) == 8
+        assert torch.equal(opt_resumed["state"][index]["exp_avg"], state["exp_avg"])
+    assert opt_resumed["param_groups"][0]["lr"] == opt_full["param_groups"][0]["lr"]
+    assert torch.load(tmp_path / "resumed.pt", weights_only=True)["mae_architecture"]["epoch"] == 4
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(synthetic, tmp_path):
+    workflow = _workflow(dataset_dir=synthetic, output_dir=tmp_path, resume=True, max_epochs=1)
+    with pytest.raises(RuntimeError) as info:  # MONAI's config parser wraps the error
+        workflow.run()
+    cause = info.value.__cause__
+    assert isinstance(cause, FileNotFoundError) and "no checkpoint" in str(cause) and str(tmp_path) in str(cause)
+
+
+@pytest.mark.skipif(not (REAL_EM / "raw").is_dir(), reason="real EM sample ../shared/data/drosophila-vnc-sstem absent")
+def test_pretraining_loss_falls_on_real_em_slices(tmp_path):
+    workflow = _workflow(
+        image_dir=REAL_EM / "raw",
+        output_dir=tmp_path / "out",
+        export_path=tmp_path / "mae_encoder.pt",
+        crops_per_image=1,
+        batch_size=10,
+        max_epochs=4,
+        png_interval=0,
+        learning_rate=0.002,
+    )
+    assert len(workflow.parser.get_parsed_content("train#datalist")) == 20  # the 20 sections, one item each
+    workflow.run()
+    history = _loss(tmp_path / "out")
+    assert history["loss"][-1] < 0.8 * history["loss"][0], history
+    encoder = FrozenMaeEncoder(arch="tiny", checkpoint=tmp_path / "mae_encoder.pt")
+    assert encoder(torch.rand(1, 1, 1024, 1024)).shape == (1, 512, 64, 64)

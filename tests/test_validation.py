@@ -1,0 +1,288 @@
+"""Tests of the checks a bundle run makes before it starts (``scsam_monai.validation``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+
+from scsam_monai.validation import (
+    HEAD_KEYS,
+    ConfigValidationError,
+    bundle_command_line,
+    check_checkpoint,
+    check_config_keys,
+    check_datalist,
+    check_head,
+    validate_run,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundle" / "configs"
+LARGE_FILES = REPO / "bundle" / "large_files.yml"
+MONAI_MAIN = str(Path(sys.executable).parent / "lib/site-packages/monai/bundle/__main__.py")
+CLASSES = ["background", "nucleus", "mitochondria", "granules"]
+VALID_HEAD = {"fusion": "fafm", "streams": "both", "residual": True, "prompts": "dense+sparse", "num_sparse_tokens": 4}
+
+
+def _argv(*args: str, configs=("train.yaml", "demo.yaml")) -> list[str]:
+    files = "[" + ",".join(f"'{c if Path(c).is_absolute() else CONFIGS / c}'" for c in configs) + "]"
+    return [MONAI_MAIN, "run", "training", "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", files, *args]
+
+
+def _datalist(root: Path, n_train: int = 2, n_val: int = 1, label_max: int = 3, labels: dict | None = None) -> Path:
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "labels").mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    content: dict = {"training": [], "validation": []}
+    for split, n in (("training", n_train), ("validation", n_val)):
+        for k in range(n):
+            name = f"{split}_{k}.tif"
+            tifffile.imwrite(root / "images" / name, rng.integers(0, 255, (16, 16)).astype(np.uint8))
+            label = np.zeros((16, 16), np.uint8)
+            label[2:6, 2:6] = label_max
+            tifffile.imwrite(root / "labels" / name, label)
+            content[split].append({"image": f"images/{name}", "label": f"labels/{name}"})
+    if labels is not None:
+        content["labels"] = labels
+    (root / "datalist.json").write_text(json.dumps(content))
+    return root / "datalist.json"
+
+
+# ---- settings -----------------------------------------------------------------------------------------------
+
+
+def test_head_keys_are_those_of_train_yaml():
+    assert tuple(yaml.safe_load((CONFIGS / "train.yaml").read_text())["head"]) == HEAD_KEYS
+
+
+def test_misspelled_head_key_is_reported_with_the_closest_key():
+    (problem,) = check_head({**VALID_HEAD, "fussion": "concat"})
+    assert "head#fussion is not a setting of the head (did you mean 'fusion'?)" in problem
+
+
+def test_invalid_head_values_are_reported():
+    problems = check_head({"fusion": "fafn", "streams": "both", "residual": "yes", "num_sparse_tokens": 0})
+    text = "\n".join(problems)
+    assert "head#fusion must be one of fafm, concat, cross_attention, got 'fafn' (did you mean 'fafm'?)" in text
+    assert "head#residual must be true or false" in text
+    assert "head#num_sparse_tokens must be a positive integer" in text
+    assert check_head(VALID_HEAD) == []
+
+
+def test_overlay_and_command_line_keys_are_checked_against_the_bundle(tmp_path):
+    overlay = tmp_path / "mine.yaml"
+    overlay.write_text(
+        "my_root: /data\ndataset_dir: \"$@my_root + '/em'\"\n"  # a helper key that is referred to: fine
+        "train#trainer#max_epoch: 3\nloss#lambda_coss: 0.3\nviews_per_imag: 2\n"
+    )
+    argv = _argv(
+        "--head#fussion", "concat", "--sam_chekpoint", "x.pth", "--train#batch_sise", "4",
+        "--optimizer#lrr", "0.1", "--intensity_transforms#per_imag#lower", "1", "--learning_rate", "0.01",
+        configs=("train.yaml", "demo.yaml", str(overlay)),
+    )  # fmt: skip
+    command = bundle_command_line(argv)
+    assert command["run_id"] == "training" and command["config_file"][-1] == str(overlay)
+    problems = check_config_keys(command["config_file"], command["overrides"], run_id=command["run_id"])
+    expected = [
+        "train#trainer#max_epoch (%s): SupervisedTrainer has no argument 'max_epoch' (did you mean 'max_epochs'?)",
+        "loss#lambda_coss (%s): scsam_monai.losses.ScSAMLoss has no argument 'lambda_coss' (did you mean "
+        "'lambda_cos'?)",
+        "views_per_imag (%s) is not a setting of this bundle and nothing refers to it (did you mean "
+        "'views_per_image'?)",
+        "head#fussion (command line) is not a setting of the head (did you mean 'fusion'?)",
+        "sam_chekpoint (command line) is not a setting of this bundle and nothing refers to it (did you mean "
+        "'sam_checkpoint'?)",
+        "train#batch_sise (command line) is not a setting of train (did you mean 'batch_size'?)",
+        "optimizer#lrr (command line): torch.optim.Adam has no argument 'lrr' (did you mean 'lr'?)",
+        "intensity_transforms#per_imag#lower (command line): there is no 'per_imag' in intensity_transforms (did you "
+        "mean 'per_image'?)",
+    ]
+    assert len(problems) == len(expected), problems
+    for problem, start in zip(problems, expected, strict=True):
+        assert problem.startswith(start.replace("%s", str(overlay))), problem
+
+
+def test_valid_overlays_and_overrides_pass(tmp_path):
+    overlay = tmp_path / "mine.yaml"
+    overlay.write_text(
+        "root: /data\ndataset_dir: \"$@root + '/em'\"\ntrain#trainer#epoch_length: 2\n"
+        "intensity_transforms#fixed: {_target_: ScaleIntensityd, keys: image}\nimage_normalization: fixed\n"
+        "+imports: ['$import numpy']\n"
+    )
+    argv = _argv("--head#fusion", "concat", "--resume", "--class_names", "['background','a']",
+                 configs=("train.yaml", "demo.yaml", str(overlay)))  # fmt: skip
+    command = bundle_command_line(argv)
+    assert command["overrides"] == {"head#fusion": "concat", "resume": "True", "class_names": "['background','a']"}
+    assert check_config_keys(command["config_file"], command["overrides"], run_id="training") == []
+    assert bundle_command_line(["pytest", "-q"]) is None
+
+
+# ---- checkpoints --------------------------------------------------------------------------------------------
+
+
+def test_missing_sam_checkpoint_names_the_file_its_hash_url_and_the_download_command(tmp_path):
+    (problem,) = check_checkpoint(tmp_path / "models" / "sam_vit_b_01ec64.pth", arch="vit_b", large_files=LARGE_FILES)
+    assert f"SAM checkpoint not found: {tmp_path / 'models' / 'sam_vit_b_01ec64.pth'}" in problem
+    assert "sha256 ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912" in problem
+    assert "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth" in problem
+    assert f"python -m monai.bundle download_large_files --bundle_path {LARGE_FILES.parent}" in problem
+    (unlisted,) = check_checkpoint(tmp_path / "mine.pth", large_files=LARGE_FILES)
+    assert "not listed in" in unlisted and "sam_vit_h_4b8939.pth" in unlisted
+
+
+def _listed_checkpoint(tmp_path: Path, name: str, content: bytes, listed_hash: str | None = None) -> tuple[Path, Path]:
+    (tmp_path / "models").mkdir(exist_ok=True)
+    path = tmp_path / "models" / name
+    path.write_bytes(content)
+    digest = listed_hash if listed_hash is not None else hashlib.sha256(content).hexdigest()
+    entry = {"path": f"models/{name}", "url": f"https://example.org/{name}", "hash_val": digest, "hash_type": "sha256"}
+    (tmp_path / "large_files.yml").write_text(yaml.safe_dump({"large_files": [entry]}))
+    return path, tmp_path / "large_files.yml"
+
+
+def test_listed_checkpoint_is_verified_against_its_sha256(tmp_path):
+    path, listing = _listed_checkpoint(tmp_path, "sam_vit_b_01ec64.pth", b"complete download")
+    assert check_checkpoint(path, arch="vit_b", large_files=listing) == []
+    path.write_bytes(b"complete dow")  # an interrupted copy
+    (problem,) = check_checkpoint(path, arch="vit_b", large_files=listing)
+    assert "the download is incomplete or the file was replaced" in problem and str(path) in problem
+    assert check_checkpoint(path, arch="vit_b", large_files=listing, verify_hash=False) == []
+
+
+def test_checkpoint_listed_for_another_sam_architecture_is_refused(tmp_path):
+    path, listing = _listed_checkpoint(tmp_path, "sam_vit_l_0b3195.pth", b"weights")
+    (problem,) = check_checkpoint(path, arch="vit_b", large_files=listing)
+    assert "is the vit_l SAM checkpoint but sam_arch is vit_b; set --sam_arch vit_l" in problem
+
+
+def test_no_checkpoint_needs_random_weights_to_be_allowed(tmp_path):
+    (problem,) = check_checkpoint(None, kind="SAM")
+    assert "sam_checkpoint is not set and sam_allow_random_weights is false" in problem
+    assert check_checkpoint(None, kind="SAM", allow_random_weights=True) == []
+    (mae,) = check_checkpoint(tmp_path / "mae_encoder.pt", kind="MAE")
+    assert "MAE checkpoint not found" in mae and "pretrain_mae.yaml" in mae
+
+
+# ---- the datalist -------------------------------------------------------------------------------------------
+
+
+def test_valid_datalist_is_counted(tmp_path):
+    problems, counts = check_datalist(_datalist(tmp_path), ["training", "validation"], CLASSES)
+    assert problems == [] and counts == {"training": 2, "validation": 1}
+
+
+def test_missing_files_are_listed_in_one_message_with_the_datalist(tmp_path):
+    datalist = _datalist(tmp_path, n_train=8)
+    for k in range(7):
+        (tmp_path / "images" / f"training_{k}.tif").unlink()
+    (problem,) = check_datalist(datalist, ["training", "validation"], CLASSES)[0]
+    assert problem.startswith(f"{datalist}: 7 file(s) it names do not exist")
+    assert str(tmp_path / "images" / "training_0.tif") in problem and "... and 2 more" in problem
+
+
+def test_missing_datalist_empty_and_absent_splits(tmp_path):
+    (problem,) = check_datalist(tmp_path / "datalist.json", ["training"])[0]
+    assert f"datalist not found: {tmp_path / 'datalist.json'}" in problem
+    (tmp_path / "datalist.json").write_text('{"training": [], "validation": [')
+    assert "is not a readable JSON datalist" in check_datalist(tmp_path / "datalist.json", ["training"])[0][0]
+    (tmp_path / "datalist.json").write_text('{"training": [], "validaton": [], "test": [{"image": "a.tif"}]}')
+    problems, _ = check_datalist(tmp_path / "datalist.json", ["training", "validation", "test"])
+    assert "the split 'training' is empty" in problems[0]
+    assert "has no split 'validation' (did you mean 'validaton'?)" in problems[1]
+    assert "item 0 of 'test' needs image and label paths" in problems[2]
+    assert check_datalist(tmp_path / "datalist.json", []) == ([], {})  # inference on a folder reads no split
+
+
+def test_class_count_must_match_the_datalist(tmp_path):
+    datalist = _datalist(tmp_path, labels={"0": "background", "1": "mitochondria", "2": "synapses"})
+    (problem,) = check_datalist(datalist, ["training"], CLASSES)[0]
+    assert "lists 3 label values (background, mitochondria, synapses), but class_names has 4" in problem
+    assert "--class_names" in problem
+    assert check_datalist(datalist, ["training"], ["background", "mito", "syn"])[0] == []  # same count: a warning
+    datalist = _datalist(tmp_path / "nolabels", label_max=5)
+    (problem,) = check_datalist(datalist, ["training"], CLASSES)[0]
+    assert "training_0.tif: holds label value 5, but class_names has 3 foreground classes" in problem
+
+
+def test_validate_run_lists_every_problem_at_once(tmp_path):
+    datalist = _datalist(tmp_path)
+    (tmp_path / "labels" / "validation_0.tif").unlink()
+    with pytest.raises(ConfigValidationError) as err:
+        validate_run(
+            class_names=CLASSES,
+            head={**VALID_HEAD, "fussion": "concat"},
+            datalist=datalist,
+            sam_checkpoint=tmp_path / "sam_vit_b_01ec64.pth",
+            large_files=LARGE_FILES,
+            argv=["pytest"],
+        )
+    message = str(err.value)
+    assert message.startswith("the run cannot start, 3 problem(s) found:")
+    assert "head#fussion" in message and "SAM checkpoint not found" in message and "validation_0.tif" in message
+    ok = validate_run(class_names=CLASSES, head=VALID_HEAD, datalist=datalist, splits=["training"],
+                      sam_allow_random_weights=True, argv=["pytest"])  # fmt: skip
+    assert ok == {"items": {"training": 2}, "keys_checked": False}
+
+
+# ---- in the bundle ------------------------------------------------------------------------------------------
+
+INITIALIZE = (
+    "$scsam_monai.validation.validate_run(class_names=@class_names, head=@head, datalist=@datalist, "
+    "splits=@checks#splits, labels=@checks#labels, sam_arch=@sam_arch, sam_checkpoint=@sam_checkpoint, "
+    "sam_allow_random_weights=@sam_allow_random_weights, mae_checkpoint=@mae_checkpoint, "
+    "mae_allow_random_weights=@mae_allow_random_weights, head_checkpoint=@checks#head_checkpoint, "
+    "large_files=@bundle_root + '/large_files.yml')"
+)
+
+
+def _overlay(tmp_path: Path, check_only: bool) -> Path:
+    """The lines train.yaml gets for the check (until it has them itself), and a run id that only checks."""
+    config = yaml.safe_load((CONFIGS / "train.yaml").read_text())
+    initialize = [line for line in config["initialize"] if "validate_run" not in line]
+    overlay = {
+        "+imports": ["$import scsam_monai.validation"],
+        "checks": {"splits": ["training", "validation"], "labels": True, "head_checkpoint": None},
+        "initialize": [INITIALIZE, *initialize],
+        **({"check_only": "$print('RUN CHECKED')"} if check_only else {}),
+    }
+    path = tmp_path / "checks.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    return path
+
+
+def _run_bundle(tmp_path: Path, run_id: str, *args: str) -> subprocess.CompletedProcess:
+    configs = [str(CONFIGS / "train.yaml"), str(CONFIGS / "demo.yaml"), str(_overlay(tmp_path, run_id == "check_only"))]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--meta_file", str(CONFIGS / "metadata.json"),
+           "--config_file", str(configs), "--dataset_dir", str(tmp_path / "data"),
+           "--output_dir", str(tmp_path / "out"), *args]  # fmt: skip
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
+def test_bundle_run_stops_at_start_with_the_problems(tmp_path):
+    _datalist(tmp_path / "data")
+    (tmp_path / "data" / "images" / "training_1.tif").unlink()
+    result = _run_bundle(tmp_path, "training", "--head#fussion", "concat")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "the run cannot start, 2 problem(s) found" in output, output[-3000:]
+    assert "head#fussion (command line) is not a setting of the head (did you mean 'fusion'?)" in output
+    assert "1 file(s) it names do not exist (paths are relative to the datalist's folder):\n    " in output
+    assert str(tmp_path / "data" / "images" / "training_1.tif") in output
+    assert not (tmp_path / "out").exists()  # stopped before anything was written
+
+
+def test_bundle_run_passes_the_check_on_valid_settings(tmp_path):
+    _datalist(tmp_path / "data")
+    result = _run_bundle(tmp_path, "check_only", "--head#fusion", "concat")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "Run checked: training 2 items, validation 1 items" in output and "RUN CHECKED" in output
+    assert "overlay and override keys checked" in output
