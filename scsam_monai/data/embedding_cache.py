@@ -3,9 +3,9 @@
 Layout: ``root/<encoder key>/<image hash>/<view id>.npy``, with labels of augmented views under
 ``root/labels/...``. The encoder key names the architecture and the SHA-256 of its checkpoint (or its
 random seed); the image hash is the SHA-256 of the preprocessed pixels (so it covers the intensity
-normalisation); the view id names the view index, the seed and a fingerprint of the augmentation. Embeddings are stored in fp16 and read
-memory-mapped; every file is written to a temporary name and renamed into place, so an interrupted run
-never leaves a truncated entry that looks valid.
+normalisation); the view id names the view index, the seed and a fingerprint of the augmentation.
+Embeddings are stored in fp16 and read memory-mapped; every file is written to a temporary name and renamed
+into place, so an interrupted run never leaves a truncated entry that looks valid.
 """
 
 from __future__ import annotations

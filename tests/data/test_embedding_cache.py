@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, RandScaleCropd, Resized, ScaleIntensityRangePercentilesd
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    RandScaleCropd,
+    Resized,
+    ScaleIntensityRangePercentilesd,
+)
 
 from scsam_monai.data import EmbeddingCache, cached_embedding_dataset, precompute_embeddings, transform_fingerprint
 from scsam_monai.data.synthetic import write_synthetic_dataset
@@ -119,7 +126,7 @@ def test_augmented_views_are_deterministic_distinct_and_label_aligned(tmp_path, 
         sam_encoder=encoders[0],
         progress=False,
     )
-    for a, b in zip(records, again):
+    for a, b in zip(records, again, strict=True):
         np.testing.assert_array_equal(np.load(a["label"]), np.load(b["label"]))
         np.testing.assert_array_equal(np.load(a["sam"]), np.load(b["sam"]))
 
@@ -154,7 +161,11 @@ def test_truncated_entry_is_recomputed(tmp_path, synthetic, encoders):
 
 def test_no_temporary_files_left_behind(tmp_path, synthetic, encoders):
     precompute_embeddings(
-        synthetic[:1], cache_dir=tmp_path / "cache", preprocessing=_preprocessing(), sam_encoder=encoders[0], progress=False
+        synthetic[:1],
+        cache_dir=tmp_path / "cache",
+        preprocessing=_preprocessing(),
+        sam_encoder=encoders[0],
+        progress=False,
     )
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.name.endswith(".tmp")]
 
