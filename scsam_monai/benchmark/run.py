@@ -93,7 +93,7 @@ def run_benchmark(
         mae_checkpoint: MAE checkpoint; None for random weights.
         compile: also time ``torch.compile``-d encoders and head (section 1).
         channels_last: also time the head with channels-last fusion (section 1).
-        threads: torch threads (None: torch's default).
+        threads: torch threads during the run (None: torch's current setting); restored afterwards.
         memory_timeout: seconds before the memory child process is stopped.
 
     Returns:
@@ -102,8 +102,39 @@ def run_benchmark(
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise ValueError(f"unknown sections {sorted(unknown)}, expected some of {SECTIONS}.")
+    previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    try:
+        return _run(
+            profile,
+            out_dir,
+            device=device,
+            amp=amp,
+            sections=sections,
+            sam_checkpoint=sam_checkpoint,
+            mae_checkpoint=mae_checkpoint,
+            compile=compile,
+            channels_last=channels_last,
+            memory_timeout=memory_timeout,
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(
+    profile: BenchmarkProfile,
+    out_dir: str | Path,
+    *,
+    device: str | torch.device,
+    amp: bool,
+    sections: Sequence[str],
+    sam_checkpoint: str | None,
+    mae_checkpoint: str | None,
+    compile: bool,
+    channels_last: bool,
+    memory_timeout: float | None,
+) -> dict:
     device = (
         torch.device("cuda" if torch.cuda.is_available() else "cpu") if str(device) == "auto" else torch.device(device)
     )

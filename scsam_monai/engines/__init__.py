@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import batch, checkpoint, handlers, inference, resume, train_step
+from . import batch, checkpoint, handlers, inference, resume, train_step, volume_inference
 from .batch import EmbeddingBatch
 from .checkpoint import load_head_weights
 from .train_step import ScSAMTrainStep
@@ -14,6 +14,7 @@ __all__ = [
     "inference",
     "resume",
     "train_step",
+    "volume_inference",
     "EmbeddingBatch",
     "ScSAMTrainStep",
     "load_head_weights",
