@@ -183,12 +183,11 @@ def test_monai_verify_net_in_out_accepts_the_full_model_on_the_demo_profile():
 
     # the demo profile's tiny random-weight encoders; no trained head is needed to check shapes and dtypes
     verify_net_in_out(
-        net_id="infer#model",
+        net_id="network_def",
         meta_file=str(META_FILE),
         config_file=[str(CONFIGS / f) for f in ("train.yaml", "inference.yaml", "demo.yaml")],
         device="cpu",
         any=96,
-        **{"infer#model#head_checkpoint": None},
     )
 
 
