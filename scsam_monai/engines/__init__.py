@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import batch, checkpoint, handlers, inference, resume, train_step, volume_inference
+from . import batch, checkpoint, distributed, handlers, inference, resume, train_step, volume_inference
 from .batch import EmbeddingBatch
 from .checkpoint import load_head_weights
 from .train_step import ScSAMTrainStep
@@ -10,6 +10,7 @@ from .train_step import ScSAMTrainStep
 __all__ = [
     "batch",
     "checkpoint",
+    "distributed",
     "handlers",
     "inference",
     "resume",

@@ -29,6 +29,13 @@ __all__ = ["RngState", "TrainingCheckpoint"]
 logger = logging.getLogger(__name__)
 
 
+def _unwrap(obj: Any) -> Any:
+    """The module inside ``DistributedDataParallel`` / ``DataParallel``, so checkpoint keys carry no ``module.``."""
+    if isinstance(obj, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        return obj.module
+    return obj
+
+
 class RngState:
     """The torch (CPU and CUDA), numpy and Python RNG states as a weights-only-loadable state dict."""
 
@@ -85,7 +92,11 @@ class TrainingCheckpoint:
             self._load(engine)
 
     def _save(self, engine: Engine) -> None:
-        state = {name: obj.state_dict() for name, obj in self.objects.items()}
+        # Distributed runs: every rank holds the same state (DDP keeps the weights equal), rank 0 writes it,
+        # and every rank loads it on resume.
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+            return
+        state = {name: _unwrap(obj).state_dict() for name, obj in self.objects.items()}
         state["trainer"] = {"epoch": engine.state.epoch, "iteration": engine.state.iteration}
         state["rng"] = self.rng.state_dict()
         buffer = io.BytesIO()
@@ -101,7 +112,7 @@ class TrainingCheckpoint:
         if missing:
             raise ValueError(f"{self.path}: not a resumable training checkpoint (missing {missing}).")
         for name, obj in self.objects.items():
-            obj.load_state_dict(state[name])
+            _unwrap(obj).load_state_dict(state[name])
         engine.state.epoch = int(state["trainer"]["epoch"])
         engine.state.iteration = int(state["trainer"]["iteration"])
         self._pending_rng = state["rng"]

@@ -1,8 +1,9 @@
 """One ScSAM training iteration for MONAI's ``SupervisedTrainer`` (its ``iteration_update`` hook).
 
 The stock iteration computes ``loss_function(pred, label)``; ScSAM's loss also needs the aligned streams,
-the prototypes and the class embeddings, which only the head's ``forward_with_aux`` returns. Everything
-else (optimizer, AMP scaler, handlers, events) stays MONAI's.
+the prototypes and the class embeddings, which the head returns when its ``forward`` gets the label. The
+call goes through ``engine.network(...)``, so a ``DistributedDataParallel``-wrapped head synchronises its
+gradients. Everything else (optimizer, AMP scaler, handlers, events) stays MONAI's.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class ScSAMTrainStep:
         engine.optimizer.zero_grad(set_to_none=True)
         device_type = engine.state.device.type if isinstance(engine.state.device, torch.device) else "cpu"
         with torch.autocast(device_type=device_type, dtype=self.amp_dtype, enabled=bool(engine.amp)):
-            logits, aux = engine.network.forward_with_aux(sam, mae, label)
+            logits, aux = engine.network(sam, mae, label=label)
             terms = self.loss(logits, label, aux)
         engine.state.output = {Keys.IMAGE: sam, Keys.LABEL: label, Keys.PRED: logits}
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)

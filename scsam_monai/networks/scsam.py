@@ -140,6 +140,13 @@ class ScSAMHead(nn.Module):
         if sam_checkpoint:
             self.load_sam_weights(sam_checkpoint)
         self.sam_prompt_encoder.requires_grad_(False)
+        # ScSAM decodes SAM's single-mask output only: the three multimask hypernetwork MLPs and the IoU head
+        # never reach a logit or the loss. They stay in the state dict (SAM checkpoints load as they are)
+        # but are frozen, so they are not counted as trained and DistributedDataParallel waits for no
+        # gradient of theirs.
+        self.mask_decoder.iou_prediction_head.requires_grad_(False)
+        for mlp in self.mask_decoder.output_hypernetworks_mlps[1:]:
+            mlp.requires_grad_(False)
         self._dense_pe_cache: tuple | None = None
         self.channels_last = channels_last
         if channels_last:
@@ -215,8 +222,9 @@ class ScSAMHead(nn.Module):
         *,
         input_size: Sequence[int] | None = None,
         original_size: Sequence[int] | None = None,
-    ) -> torch.Tensor:
-        """Per-class mask logits.
+        label: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+        """Per-class mask logits (and, given ``label``, what the ScSAM loss needs).
 
         Args:
             sam_embedding: ``(B, 256, g, g)`` (may be None for MAE*).
@@ -224,10 +232,19 @@ class ScSAMHead(nn.Module):
             input_size: (h, w) of the resized image on the encoder canvas; with ``original_size`` the logits
                 are cropped to it and resized to the original image size.
             original_size: (H, W) of the original image.
+            label: training only: the label map on the logit grid; the call then returns
+                ``forward_with_aux``'s ``(logits, aux)``. Training goes through ``forward`` rather than
+                ``forward_with_aux`` because ``DistributedDataParallel`` synchronises gradients only for
+                calls of the wrapped module's ``forward``.
 
         Returns:
-            ``(B, C, 4g, 4g)`` logits on the padded canvas, or ``(B, C, H, W)`` when sizes are given.
+            ``(B, C, 4g, 4g)`` logits on the padded canvas, or ``(B, C, H, W)`` when sizes are given; with
+            ``label``, ``(logits, aux)`` on the canvas grid.
         """
+        if label is not None:
+            if original_size is not None:
+                raise ValueError("label (training) and original_size (inference) cannot be combined.")
+            return self.forward_with_aux(sam_embedding, mae_embedding, label)
         logits = self.decode(self.encode_features(sam_embedding, mae_embedding).features)
         if original_size is not None:
             if input_size is None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from segment_anything.modeling import MaskDecoder, TwoWayTransformer
 
+from scsam_monai.losses import ScSAMLoss
 from scsam_monai.networks.checkpoints import load_sam_state_dict
 from scsam_monai.networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
 from scsam_monai.networks.mask_decoder import build_mask_decoder
@@ -114,6 +115,26 @@ def test_forward_with_aux_and_gradients_reach_only_trainable_parts():
     assert all(p.grad is None for p in head.sam_prompt_encoder.parameters())
     assert head.mask_decoder.output_upscaling[0].weight.grad.abs().sum() > 0
     assert head.fusion.align_mae[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"prompts": "dense"}, {"prompts": "sparse"}, {"residual": False}, {"fusion": "concat"},
+     {"fusion": "cross_attention"}, {"streams": "sam_only"}, {"streams": "mae_only"}],
+)  # fmt: skip
+def test_every_trainable_parameter_gets_a_gradient_from_the_loss(kwargs):
+    # DistributedDataParallel stops on trainable parameters without a gradient; they also inflate the count
+    head = _head(**kwargs)
+    sam, mae = _embeddings()
+    sam = None if kwargs.get("streams") == "mae_only" else sam
+    mae = None if kwargs.get("streams") == "sam_only" else mae
+    label = torch.randint(0, 4, (2, 1, 4 * G, 4 * G))
+    logits, aux = head(sam, mae, label=label)
+    ScSAMLoss(num_classes=3)(logits, label, aux)["loss"].backward()
+    missing = [n for n, p in head.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    assert head.mask_decoder.iou_prediction_head.layers[0].weight.requires_grad is False
+    assert "mask_decoder.iou_prediction_head.layers.0.weight" in head.state_dict()  # SAM checkpoints still load
 
 
 def test_original_size_postprocessing():

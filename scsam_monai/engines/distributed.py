@@ -1,0 +1,195 @@
+"""Multi-GPU (DDP) training pieces for ``bundle/configs/multi_gpu_train.yaml``, launched by ``torchrun``.
+
+MONAI's bundles do distributed training with plain ``torch.distributed``: every rank builds the same
+workflow, the trainer's network is wrapped in ``DistributedDataParallel``, ``DistributedSampler`` splits the
+data, and only rank 0 writes files. What ScSAM adds, and what lives here:
+
+- the frozen encoders' embedding cache is filled by all ranks together (each rank embeds its share of the
+  images, then every rank reads the complete cache), so the costly encoder pass scales with the GPUs too;
+- an error on one rank (a corrupt image, say) stops every rank with that message, instead of leaving the
+  others waiting forever at the next collective call;
+- a check after every epoch that all ranks hold the same weights, which is what DDP promises and what a
+  mis-wired overlay (a rank training without the wrapper, say) silently breaks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+
+from ..data.embedding_dataset import precompute_embeddings
+
+__all__ = [
+    "DistributedError",
+    "WeightConsistencyCheck",
+    "distributed_device",
+    "init_distributed",
+    "is_distributed",
+    "rank",
+    "sharded_precompute_embeddings",
+    "world_size",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class DistributedError(RuntimeError):
+    """A distributed run cannot go on; the message names the rank and the problem."""
+
+
+def is_distributed() -> bool:
+    """Whether a process group with more than one rank is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's rank (0 outside a distributed run)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """Number of ranks (1 outside a distributed run)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def distributed_device() -> torch.device:
+    """``cuda:LOCAL_RANK`` when CUDA is available, else the CPU (gloo runs, tests)."""
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    return torch.device("cpu")
+
+
+def init_distributed(backend: str | None = None) -> int:
+    """Join the process group that ``torchrun`` describes in the environment; return the world size.
+
+    Args:
+        backend: ``nccl`` (GPUs) or ``gloo`` (CPU); None picks ``nccl`` when CUDA is available, else ``gloo``.
+
+    Raises:
+        DistributedError: the process was not started by ``torchrun`` (no ``RANK``/``WORLD_SIZE``/
+            ``MASTER_ADDR`` in the environment), or the backend cannot run here.
+    """
+    if dist.is_initialized():
+        return dist.get_world_size()
+    missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise DistributedError(
+            f"multi_gpu_train.yaml needs torchrun (environment variables {', '.join(missing)} are not set): "
+            "torchrun --nproc_per_node N -m monai.bundle run training --config_file \"['bundle/configs/train.yaml',"
+            "'bundle/configs/multi_gpu_train.yaml']\" ..."
+        )
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise DistributedError("ddp_backend nccl needs CUDA GPUs; use --ddp_backend gloo on CPUs.")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(distributed_device())
+    dist.init_process_group(backend=backend)
+    logger.info("Rank %d of %d joined the %s process group.", dist.get_rank(), dist.get_world_size(), backend)
+    return dist.get_world_size()
+
+
+def destroy_distributed() -> None:
+    """Leave the process group, if any (the bundle's ``finalize``)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _raise_if_any_rank_failed(error: BaseException | None) -> None:
+    """Collective: every rank learns whether any rank failed; all raise the first failure's message."""
+    if not is_distributed():
+        if error is not None:
+            raise error
+        return
+    messages: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(messages, None if error is None else f"{type(error).__name__}: {error}")
+    failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+    if failed:
+        text = "\n".join(f"  rank {r}: {m}" for r, m in failed)
+        if error is not None:
+            raise DistributedError(f"embedding precompute failed on {len(failed)} rank(s):\n{text}") from error
+        raise DistributedError(f"embedding precompute failed on {len(failed)} other rank(s):\n{text}")
+
+
+def sharded_precompute_embeddings(
+    datalist: Sequence[Mapping[str, str]], precompute: Callable[..., list[dict]] = precompute_embeddings, **kwargs: Any
+) -> list[dict]:
+    """``precompute_embeddings`` with the encoder work split over the ranks of a distributed run.
+
+    Rank ``r`` embeds items ``r, r + W, r + 2W, ...``; after a barrier every rank calls ``precompute`` on the
+    whole datalist, which finds every entry in the shared cache (augmented views are seeded per image
+    content, not per position, so a rank's share is exactly what the full call asks for) and returns the
+    same records on every rank. Outside a distributed run this is ``precompute(datalist, **kwargs)``.
+    The cache folder must be shared by the ranks (one machine, or a shared file system).
+
+    Args:
+        datalist: the split's items.
+        precompute: the function that fills the cache and returns records (``precompute_embeddings``).
+        kwargs: its other arguments.
+    """
+    if not is_distributed():
+        return precompute(datalist, **kwargs)
+    r, w = dist.get_rank(), dist.get_world_size()
+    share = list(datalist)[r::w]
+    error: BaseException | None = None
+    if share:
+        try:
+            precompute(share, **{**kwargs, "progress": kwargs.get("progress", True) and r == 0})
+        except Exception as err:  # noqa: BLE001 - re-raised on every rank below, with the rank named
+            error = err
+    _raise_if_any_rank_failed(error)
+    dist.barrier()
+    return precompute(datalist, **{**kwargs, "progress": False})
+
+
+def parameter_fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's trainable parameters (names, shapes and exact values), for comparing ranks."""
+    digest = hashlib.sha256()
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class WeightConsistencyCheck:
+    """After every epoch, check that all ranks hold the same trainable weights; stop the run if not.
+
+    Also logs, on every rank, how many iterations it ran in the epoch (each rank's log shows that it trained).
+
+    Args:
+        network: the trained module (the DDP wrapper or the module inside it).
+    """
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        self.network = network
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        module = getattr(self.network, "module", self.network)
+        fingerprint = parameter_fingerprint(module)
+        logger.info(
+            "Rank %d of %d: epoch %d done, %d iterations in it, weights %s.",
+            rank(),
+            world_size(),
+            engine.state.epoch,
+            engine.state.epoch_length,
+            fingerprint[:12],
+        )
+        if not is_distributed():
+            return
+        fingerprints: list[str | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(fingerprints, fingerprint)
+        if len(set(fingerprints)) != 1:
+            listing = ", ".join(f"rank {r}: {f[:12]}" for r, f in enumerate(fingerprints))
+            raise DistributedError(f"epoch {engine.state.epoch}: the ranks' weights differ ({listing}).")
+        if dist.get_rank() == 0:
+            logger.info("All %d ranks hold the same weights after epoch %d.", len(fingerprints), engine.state.epoch)
