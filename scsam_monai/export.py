@@ -1,18 +1,33 @@
-"""Export helpers of the bundle: a traceable head for ``monai.bundle ckpt_export``.
+"""Export helpers of the bundle: TorchScript of the head and of the whole image-in model.
 
 MONAI's ``ckpt_export`` traces a network with ONE input tensor of ``input_shape``; :class:`ScSAMHead` takes two
 (the SAM and the MAE embedding). :class:`ConcatEmbeddingHead` is the same head (a subclass: identical
 parameters and state-dict keys, so ``models/model.pt`` loads as it is) whose ``forward`` takes the two embeddings
 concatenated along channels.
+
+The whole model (frozen encoders + trained head, images in, logits out) is exported by
+:func:`export_scsam_torchscript` instead of ``ckpt_export``, because ``ckpt_export`` would load ``model.pt``
+(the head's keys) into the image-in network (``head.``-prefixed keys) by matching names, skipping the head
+silently; here the head is loaded strictly and the trace is checked against the eager model before saving.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
 import torch
 
-from .networks.scsam import ScSAMHead
+from .atomic import atomic_write
+from .networks.scsam import ScSAM, ScSAMHead
 
-__all__ = ["ConcatEmbeddingHead"]
+__all__ = ["ConcatEmbeddingHead", "export_scsam_torchscript"]
+
+logger = logging.getLogger(__name__)
 
 
 class ConcatEmbeddingHead(ScSAMHead):
@@ -55,3 +70,73 @@ class ConcatEmbeddingHead(ScSAMHead):
         else:
             sam, mae = None, embeddings
         return super().forward(sam, mae)
+
+
+def export_scsam_torchscript(
+    network: ScSAM,
+    head_checkpoint: str | Path,
+    filepath: str | Path,
+    *,
+    image_size: Sequence[int] = (1024, 1024),
+    meta_file: str | Path | None = None,
+    config_files: Sequence[str | Path] = (),
+    atol: float = 1e-4,
+) -> Path:
+    """Trace the whole ScSAM (frozen encoders + trained head) for images of one size and save it atomically.
+
+    The traced module takes ``(B, 1, H, W)`` images in [0, 1] (any batch size, ``(H, W) = image_size``) and
+    returns ``(B, C, H, W)`` logits; a trace fixes the image size (resize and padding are traced as
+    constants), so export one file per size a pipeline uses. The file is MONAI's TorchScript-with-metadata:
+    ``monai.data.load_net_with_metadata`` returns the module, the bundle's ``metadata.json`` (plus the export's
+    image size and classes) and the config files given.
+
+    Args:
+        network: the image-in model (``network_def`` of ``[train.yaml, inference.yaml]``), on the CPU or a GPU.
+        head_checkpoint: the trained head (``models/model.pt``), loaded strictly.
+        filepath: the ``.ts`` file to write.
+        image_size: ``(H, W)`` of the images the traced model takes.
+        meta_file: the bundle's ``metadata.json``, stored in the file.
+        config_files: config files stored beside it (their names as keys).
+        atol: largest absolute logit difference allowed between the trace and the eager model.
+
+    Raises:
+        ValueError: ``image_size`` is not two positive integers, the checkpoint does not fit the head, or the
+            traced model disagrees with the eager one (nothing is written then).
+    """
+    from monai.data import save_net_with_metadata
+
+    from .engines.checkpoint import load_head_weights
+
+    size = tuple(int(v) for v in image_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"image_size must be (H, W) with positive sides, got {image_size!r}.")
+    load_head_weights(network.head, head_checkpoint)
+    network = network.eval()
+    device = next(network.head.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    example = torch.rand((1, 1, *size), generator=generator).to(device)
+    check = torch.rand((2, 1, *size), generator=generator).to(device)  # another batch size and content
+    network.head._dense_pe_cache = None  # computed inside the trace, not baked in from an earlier call
+    with torch.no_grad(), warnings.catch_warnings():
+        # sizes computed in Python become trace constants: expected, since a trace is made for one image size
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(network, example, check_trace=False)
+        expected, got = network(check), traced(check)
+    diff = float((expected - got).abs().max())
+    if not torch.isfinite(expected).all() or diff > atol:
+        raise ValueError(f"the traced ScSAM differs from the eager model by {diff:.3g} (> {atol}); not saved.")
+    meta = json.loads(Path(meta_file).read_text()) if meta_file else {}
+    meta["scsam_export"] = {
+        "image_size": list(size),
+        "input": "(B, 1, H, W) float32 image in [0, 1] (the bundle's intensity normalisation applied)",
+        "output": "(B, C, H, W) logits; a pixel takes the class of the largest logit above 0, else background",
+        "num_classes": int(network.head.num_classes),
+        "head_checkpoint": Path(head_checkpoint).name,
+        "max_abs_difference_to_eager": diff,
+    }
+    extra = {Path(f).name: Path(f).read_bytes() for f in config_files}
+    buffer = io.BytesIO()
+    save_net_with_metadata(traced, buffer, meta_values=meta, more_extra_files=extra)
+    path = atomic_write(Path(filepath), lambda handle: handle.write(buffer.getvalue()))
+    logger.info("Whole ScSAM traced for %s images (trace = eager within %.2g) -> %s", size, diff, path)
+    return path

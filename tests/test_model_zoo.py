@@ -132,3 +132,48 @@ def test_unzipped_bundle_loads_and_segments_through_config_workflow(repo_root, h
     assert set(np.unique(label)) <= {0, 1, 2, 3}
     records = json.loads((tmp_path / "out" / "predictions" / "predictions.json").read_text())
     assert records[0]["format"] == "tiff"
+
+
+def test_whole_model_exports_to_torchscript_equal_to_the_eager_model(repo_root, head_weights, tmp_path):
+    from monai.data import load_net_with_metadata
+
+    bundle = repo_root / "bundle"
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model.pt").write_bytes(head_weights.read_bytes())
+    workflow = ConfigWorkflow(
+        config_file=_configs(bundle),
+        meta_file=str(bundle / "configs/metadata.json"),
+        workflow_type=None,
+        run_id="export",
+        bundle_root=str(bundle),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "out"),
+        export_image_size=[96, 80],
+    )
+    workflow.initialize()
+    workflow.run()
+    traced, meta, extra = load_net_with_metadata(
+        str(tmp_path / "models" / "model_full.ts"), more_extra_files=("train.yaml", "inference.yaml")
+    )
+    assert meta["scsam_export"]["image_size"] == [96, 80] and meta["scsam_export"]["num_classes"] == 3
+    assert meta["name"] == json.loads((bundle / "configs/metadata.json").read_text())["name"]
+    assert b"head_def" in extra["train.yaml"]
+    model = workflow.parser.get_parsed_content("network").eval()
+    torch.testing.assert_close(model.head.state_dict(), torch.load(head_weights, weights_only=True))
+    images = torch.rand(3, 1, 96, 80)
+    with torch.no_grad():
+        expected, got = model(images), traced(images)
+    assert got.shape == (3, 3, 96, 80)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_whole_model_export_refuses_a_head_checkpoint_that_does_not_fit(repo_root, tmp_path):
+    from scsam_monai.export import export_scsam_torchscript
+
+    parser = ConfigParser()
+    parser.read_config(_configs(repo_root / "bundle"))
+    model = parser.get_parsed_content("network_def")
+    torch.save({"not_a_head": torch.zeros(1)}, tmp_path / "model.pt")
+    with pytest.raises(ValueError, match="do not fit"):
+        export_scsam_torchscript(model, tmp_path / "model.pt", tmp_path / "model_full.ts", image_size=(64, 64))
+    assert not (tmp_path / "model_full.ts").exists()
