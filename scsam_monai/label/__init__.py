@@ -1,0 +1,14 @@
+"""MONAI Label integration: the ScSAM bundle behind MONAI Label's REST API (3D Slicer, web clients).
+
+Modules (only :mod:`.uploads` and :mod:`.bundle` work without MONAI Label installed; the others need the
+``label`` extra, ``pip install -e .[label]``):
+
+- :mod:`.uploads`: checks of uploaded images and label maps, refused with HTTP 415/422;
+- :mod:`.bundle`: the bundle's configs and overrides from the app's ``--conf``, the image-in network, bundle runs;
+- :mod:`.infer`: the inference task (slice-wise ScSAM, label maps in the input's ITK geometry);
+- :mod:`.train`: the training task (the bundle's training on the datastore's labels);
+- :mod:`.datastore`: a local datastore that checks uploads;
+- :mod:`.app`: the MONAI Label app, imported by ``apps/scsam/main.py``.
+
+See ``docs/monai_label.md``.
+"""

@@ -1,0 +1,257 @@
+"""A real MONAI Label server with our app (``monailabel start_server --app apps/scsam``) over HTTP on 127.0.0.1.
+
+The app serves the tiny random-weight demo profile (``--conf configs demo.yaml``) with an untrained head
+checkpoint, on a studies folder of synthetic EM slices with final labels for some of them. Checked: ``/infer``
+returns a label map of the image's shape and classes; bad uploads (corrupt, truncated or 4D TIFF, RGB PNG, NaN
+pixels, empty file, a text file; label maps with wrong values or shape) are answered 415/422 and leave the
+datastore and the server as they were; ``/train`` runs the bundle's training on the datastore's labels and
+replaces the served head.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from scsam_monai.data.io import open_volume
+
+from .conftest import IMAGE_SIZE, bad_files, make_studies
+
+pytest.importorskip("monailabel")
+requests = pytest.importorskip("requests")
+
+MODEL = "scsam"
+START_TIMEOUT = 180
+TRAIN_TIMEOUT = 600
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _untrained_head(path: Path) -> Path:
+    import torch
+
+    from scsam_monai.label.bundle import BundleSettings
+
+    head = BundleSettings.from_conf({"configs": "demo.yaml"}).parser("train.yaml").get_parsed_content("head_def")
+    torch.save(head.state_dict(), path)
+    return path
+
+
+class Server:
+    """A ``monailabel start_server`` child process and its base URL."""
+
+    def __init__(self, repo_root: Path, work: Path, studies: Path, head: Path) -> None:
+        self.app = work / "app"
+        shutil.copytree(
+            repo_root / "apps" / "scsam", self.app, ignore=shutil.ignore_patterns("model", "logs", "lib", "bin")
+        )
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = work / "server.log"
+        script = Path(sys.executable).parent / "monailabel"
+        launcher = [str(script)] if script.is_file() else [sys.executable, "-m", "monailabel.main"]
+        cmd = [
+            *launcher,
+            "start_server",
+            "--app", str(self.app),
+            "--studies", str(studies),
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--conf", "configs", "demo.yaml",
+            "--conf", "head_checkpoint", str(head),
+            "--conf", "device", "cpu",
+        ]  # fmt: skip
+        env = {
+            **os.environ,
+            "MONAILABEL_PYEXE": sys.executable,
+            "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
+            "OMP_NUM_THREADS": "2",
+        }
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+
+    def wait_until_up(self) -> None:
+        deadline = time.time() + START_TIMEOUT
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the server exited ({self.process.returncode}):\n{self.tail()}")
+            try:
+                if requests.get(f"{self.url}/info/", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        raise AssertionError(f"the server did not answer within {START_TIMEOUT} s:\n{self.tail()}")
+
+    def tail(self, chars: int = 6000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.is_file() else ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)  # the server and its training children
+                self.process.wait(timeout=20)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, repo_root, synthetic):
+    work = tmp_path_factory.mktemp("monailabel")
+    studies = make_studies(synthetic, work / "studies")
+    head = _untrained_head(work / "untrained_head.pt")
+    srv = Server(repo_root, work, studies, head)
+    try:
+        srv.wait_until_up()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _infer(server: Server, image_id: str, tmp_path: Path) -> np.ndarray:
+    answer = requests.post(f"{server.url}/infer/{MODEL}", params={"image": image_id, "output": "image"}, timeout=300)
+    assert answer.status_code == 200, (answer.text, server.tail())
+    path = tmp_path / f"{image_id}_seg.nii.gz"
+    path.write_bytes(answer.content)
+    with open_volume(path) as volume:
+        return volume.read()
+
+
+def _datastore_ids(server: Server) -> set[str]:
+    answer = requests.get(f"{server.url}/datastore/", params={"output": "all"}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return set(answer.json()["objects"])
+
+
+def _head_stamp(server: Server) -> tuple[int, str]:
+    path = server.app / "model" / "model.pt"
+    return path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_info_lists_the_model_its_classes_and_the_trainer(server):
+    info = requests.get(f"{server.url}/info/", timeout=30).json()
+    assert info["models"][MODEL]["labels"] == {"nucleus": 1, "mitochondria": 2, "granules": 3}
+    assert MODEL in info["trainers"]
+    assert {"train_000", "val_000", "test_000"} <= _datastore_ids(server)
+
+
+def test_infer_returns_a_label_map_of_the_image_shape(server, synthetic, tmp_path):
+    label = _infer(server, "test_000", tmp_path)
+    image = tifffile.imread(synthetic / "images" / "test_000.tif")
+    assert label.shape == (1, *image.shape) == (1, IMAGE_SIZE, IMAGE_SIZE)
+    assert set(np.unique(label).tolist()) <= {0, 1, 2, 3}
+    params = requests.post(f"{server.url}/infer/{MODEL}", params={"image": "test_000", "output": "json"}, timeout=300)
+    assert params.status_code == 200
+    assert params.json()["label_names"] == {"background": 0, "nucleus": 1, "mitochondria": 2, "granules": 3}
+
+
+def test_infer_on_an_uploaded_file_and_an_unknown_id(server, synthetic, tmp_path):
+    with open(synthetic / "images" / "val_000.tif", "rb") as f:
+        answer = requests.post(
+            f"{server.url}/infer/{MODEL}", params={"output": "image"}, files={"file": ("val_000.tif", f)}, timeout=300
+        )
+    assert answer.status_code == 200, answer.text
+    (tmp_path / "seg.nii.gz").write_bytes(answer.content)
+    assert open_volume(tmp_path / "seg.nii.gz").shape == (1, IMAGE_SIZE, IMAGE_SIZE)
+    missing = requests.post(f"{server.url}/infer/{MODEL}", params={"image": "no_such_image"}, timeout=60)
+    assert missing.status_code == 404, missing.text
+
+
+def test_bad_uploads_get_4xx_and_the_server_stays_up(server, tmp_path):
+    before = _datastore_ids(server)
+    for stem, (path, status) in bad_files(tmp_path / "bad").items():
+        with open(path, "rb") as f:
+            answer = requests.post(f"{server.url}/infer/{MODEL}", files={"file": (path.name, f)}, timeout=120)
+        assert answer.status_code == status, (stem, answer.status_code, answer.text, server.tail(2000))
+        assert answer.json()["detail"], answer.text  # says what is wrong
+        with open(path, "rb") as f:
+            answer = requests.put(
+                f"{server.url}/datastore/image",
+                params={"image": f"bad_{stem}"},
+                files={"file": (path.name, f)},
+                timeout=60,
+            )
+        assert answer.status_code == status, (stem, answer.status_code, answer.text, server.tail(2000))
+    assert _datastore_ids(server) == before  # nothing was stored
+    assert server.process.poll() is None
+    # a good request right after the bad ones
+    assert _infer(server, "test_000", tmp_path).shape == (1, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def test_bad_label_uploads_get_422_and_good_ones_are_saved(server, tmp_path):
+    wrong_values = tmp_path / "wrong_values.tif"
+    tifffile.imwrite(wrong_values, np.full((IMAGE_SIZE, IMAGE_SIZE), 9, np.uint8))
+    wrong_shape = tmp_path / "wrong_shape.tif"
+    tifffile.imwrite(wrong_shape, np.zeros((IMAGE_SIZE, IMAGE_SIZE + 1), np.uint8))
+    for path, match in ((wrong_values, "outside 0..3"), (wrong_shape, "shape")):
+        with open(path, "rb") as f:
+            answer = requests.put(
+                f"{server.url}/datastore/label",
+                params={"image": "test_000", "tag": "final"},
+                files={"label": (path.name, f)},
+                timeout=60,
+            )
+        assert answer.status_code == 422 and match in answer.json()["detail"], answer.text
+    good = tmp_path / "good.tif"
+    tifffile.imwrite(good, np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8))
+    with open(good, "rb") as f:
+        answer = requests.put(
+            f"{server.url}/datastore/label",
+            params={"image": "test_000", "tag": "draft"},
+            files={"label": (good.name, f)},
+            timeout=60,
+        )
+    assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.slow
+def test_training_on_the_datastore_labels_replaces_the_served_head(server, tmp_path):
+    before = _head_stamp(server)
+    params = {"max_epochs": 2, "views_per_image": 1, "train_batch_size": 2, "num_workers": 0}
+    answer = requests.post(f"{server.url}/train/{MODEL}", json=params, timeout=60)
+    assert answer.status_code == 200, answer.text
+    deadline = time.time() + TRAIN_TIMEOUT
+    status: dict = {}
+    while time.time() < deadline:
+        status = requests.get(f"{server.url}/train/", timeout=30).json()
+        if status.get("status") in ("DONE", "ERROR"):
+            break
+        time.sleep(2)
+    details = "\n".join(status.get("details", []))
+    assert status.get("status") == "DONE", (status, server.tail())
+    assert _head_stamp(server)[0] != before[0]  # replaced by the run's best head
+    runs = sorted((server.app / "model" / "train").glob("run_*"))
+    assert runs, details
+    datalist = json.loads((runs[-1] / "datalist.json").read_text())
+    assert len(datalist["training"]) + len(datalist["validation"]) == 4  # train_000..002 and val_000
+    curve = json.loads((runs[-1] / "learning_curve.json").read_text())
+    assert len(curve["val_metric"]) == 3  # untrained + 2 epochs
+    stats = json.loads((server.app / "model" / "train" / "last_run.json").read_text())
+    assert stats["labelled_images"] == 4 and stats["epochs"] == 2
+    assert requests.get(f"{server.url}/info/", timeout=30).json()["train_stats"][MODEL] == stats
+    # the next inference uses the new head
+    label = _infer(server, "test_000", tmp_path)
+    assert label.shape == (1, IMAGE_SIZE, IMAGE_SIZE)
+    assert "Loaded ScSAM head weights" in server.tail(200000)
