@@ -27,9 +27,7 @@ The data are synthetic: a model that segments them well is no evidence of qualit
 from __future__ import annotations
 
 import json
-import os
 import re
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,8 @@ from typing import Any
 import numpy as np
 import tifffile
 from scipy import ndimage
+
+from ..atomic import atomic_write, atomic_write_text
 
 __all__ = [
     "CLASS_NAMES",
@@ -365,16 +365,6 @@ def _split_names(counts: dict[str, int]) -> Iterator[tuple[str, str, int]]:
             index += 1
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a hidden sibling of ``path`` and rename it into place."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _is_current(datalist_path: Path, generator: dict[str, Any]) -> bool:
     """Whether ``datalist_path`` was written by this generator with these parameters and its files exist."""
     try:
@@ -437,7 +427,7 @@ def write_synthetic_dataset(
     for split, name, index in _split_names(counts):
         image, label = synthesize_slice(size, seed=slice_seed(seed, index))
         for sub, array in (("images", image), ("labels", label)):
-            _atomic_write(out_dir / sub / name, lambda p, a=array: tifffile.imwrite(p, a))
+            atomic_write(out_dir / sub / name, lambda h, a=array: tifffile.imwrite(h, a))
         entries[_DATALIST_KEYS[split]].append({"image": f"images/{name}", "label": f"labels/{name}"})
         written.add(name)
     for sub in ("images", "labels"):
@@ -458,5 +448,5 @@ def write_synthetic_dataset(
         "generator": generator,
         **entries,
     }
-    _atomic_write(datalist_path, lambda p: p.write_text(json.dumps(datalist, indent=2) + "\n"))
+    atomic_write_text(datalist_path, json.dumps(datalist, indent=2) + "\n")
     return datalist_path
