@@ -26,6 +26,7 @@ The data are synthetic: a model that segments them well is no evidence of qualit
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -427,7 +428,7 @@ def write_synthetic_dataset(
     for split, name, index in _split_names(counts):
         image, label = synthesize_slice(size, seed=slice_seed(seed, index))
         for sub, array in (("images", image), ("labels", label)):
-            atomic_write(out_dir / sub / name, lambda h, a=array: tifffile.imwrite(h, a))
+            atomic_write(out_dir / sub / name, lambda h, a=array: h.write(_tiff_bytes(a)))
         entries[_DATALIST_KEYS[split]].append({"image": f"images/{name}", "label": f"labels/{name}"})
         written.add(name)
     for sub in ("images", "labels"):
@@ -450,3 +451,10 @@ def write_synthetic_dataset(
     }
     atomic_write_text(datalist_path, json.dumps(datalist, indent=2) + "\n")
     return datalist_path
+
+
+def _tiff_bytes(array: np.ndarray) -> bytes:
+    """The TIFF file of ``array`` in memory (tifffile cannot write to the descriptor-only handle of a temp file)."""
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array)
+    return buffer.getvalue()
