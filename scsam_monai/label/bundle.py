@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from monai.bundle import ConfigParser
 from torch import nn
 
+from ..bundle_cli import bundle_command
 from ..engines.checkpoint import load_head_weights
 
 __all__ = ["BundleSettings", "default_bundle_dir", "build_network", "run_bundle", "warm_start", "write_overrides"]
@@ -144,19 +144,7 @@ def run_bundle(
         RuntimeError: the run failed; the message ends with its last output lines.
     """
     configs = [*settings.config_files("train.yaml"), str(overrides_file)]
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        run_id,
-        "--meta_file",
-        str(settings.configs_dir / "metadata.json"),
-        "--logging_file",
-        str(settings.configs_dir / "logging.conf"),
-        "--config_file",
-        "[" + ",".join(repr(c) for c in configs) + "]",
-    ]
+    cmd = bundle_command(run_id, configs, configs_dir=settings.configs_dir)
     log = log or logger.info
     log(f"Running: {' '.join(cmd)}")
     tail: list[str] = []

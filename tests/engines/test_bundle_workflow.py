@@ -8,35 +8,20 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tifffile
 import torch
 
+from scsam_monai.bundle_cli import bundle_command
 from scsam_monai.data.synthetic import write_synthetic_dataset
 
 pytestmark = pytest.mark.slow
 
 
 def _run_bundle(repo_root, run_id: str, configs: list[str], overrides: dict, cwd) -> subprocess.CompletedProcess:
-    config_list = "[" + ",".join(f"'{repo_root / 'bundle/configs' / c}'" for c in configs) + "]"
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        run_id,
-        "--meta_file",
-        str(repo_root / "bundle/configs/metadata.json"),
-        "--logging_file",
-        str(repo_root / "bundle/configs/logging.conf"),
-        "--config_file",
-        config_list,
-    ]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", str(value)]
+    cmd = bundle_command(run_id, configs, overrides=overrides, configs_dir=repo_root / "bundle/configs")
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
         raise AssertionError(f"{run_id} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")

@@ -21,6 +21,8 @@ import torch
 import yaml
 from PIL import Image
 
+from scsam_monai.bundle_cli import bundle_command
+
 pytestmark = pytest.mark.slow
 
 SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "drosophila-vnc-sstem"
@@ -36,20 +38,7 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def _bundle(repo_root: Path, run_id: str, configs: list[Path], cwd: Path) -> subprocess.CompletedProcess:
-    config_list = "[" + ",".join(f"'{c}'" for c in configs) + "]"
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        run_id,
-        "--config_file",
-        config_list,
-        "--meta_file",
-        str(repo_root / "bundle/configs/metadata.json"),
-        "--logging_file",
-        str(repo_root / "bundle/configs/logging.conf"),
-    ]
+    cmd = bundle_command(run_id, configs, configs_dir=repo_root / "bundle/configs")
     return _run(cmd, cwd)
 
 

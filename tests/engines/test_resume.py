@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
+from scsam_monai.bundle_cli import bundle_command
 from scsam_monai.data.synthetic import write_synthetic_dataset
 from scsam_monai.engines.resume import RngState
 
@@ -18,12 +18,9 @@ pytestmark = pytest.mark.slow
 
 
 def _command(repo_root, overrides: dict, run_id: str = "training") -> list[str]:
-    configs = "[" + ",".join(f"'{repo_root / 'bundle/configs' / c}'" for c in ("train.yaml", "demo.yaml")) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", configs]
-    cmd += ["--logging_file", str(repo_root / "bundle/configs/logging.conf")]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", str(value)]
-    return cmd
+    return bundle_command(
+        run_id, ["train.yaml", "demo.yaml"], overrides=overrides, configs_dir=repo_root / "bundle/configs"
+    )
 
 
 def test_rng_state_round_trip_is_weights_only_loadable(tmp_path):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
+from scsam_monai.bundle_cli import bundle_command
 from scsam_monai.data.synthetic import write_synthetic_dataset
 from scsam_monai.networks.encoders import FrozenMaeEncoder
 
@@ -53,10 +53,7 @@ def _loss(path: Path) -> dict:
 
 
 def _bundle_cli(run_id: str, configs: list[str], overrides: dict, cwd: Path) -> str:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--meta_file", META]
-    cmd += ["--logging_file", str(REPO / "bundle/configs/logging.conf"), "--config_file", str(configs)]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", str(value)]
+    cmd = bundle_command(run_id, configs, overrides=overrides, meta_file=META)
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
