@@ -1,0 +1,485 @@
+"""Run every method on one datalist with the same split, preprocessing and augmentation; write tables and figures.
+
+Trainable rows are bundle runs (``train.yaml`` + the method's overlays + the profile overlay) executed in this
+process with ``monai.bundle.ConfigWorkflow``, so the embedding cache is filled by the first row that needs an
+encoder and every later row reuses it. Each row's merged config, seed and rerun command are saved under
+``DIR/runs/<method>/``. Test images are scored by :mod:`.evaluation` at full resolution, identically for all.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import re
+import shlex
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+from ..atomic import atomic_write_json, atomic_write_text
+from ..engines.checkpoint import load_head_weights
+from ..networks.scsam import ScSAM, count_trainable_parameters
+from .evaluation import Evaluation, ScSAMPredictor, TestItem, evaluate_predictor, load_test_items
+from .registry import CROSS_DATASET_METHODS, METHODS, Method, select_methods
+from .report import format_markdown, plot_learning_curves, plot_qualitative, table_rows, write_csv
+from .supervised import SupervisedPredictor
+from .zero_shot import AMG_SETTINGS, evaluate_zero_shot
+
+__all__ = [
+    "BUNDLE_DIR",
+    "PROFILES",
+    "prepare_datalist",
+    "split_subsets",
+    "cross_dataset_datalists",
+    "run_experiments",
+]
+
+logger = logging.getLogger(__name__)
+
+BUNDLE_DIR = Path(__file__).resolve().parents[2] / "bundle"
+CONFIG_DIR = BUNDLE_DIR / "configs"
+EXPERIMENT_DIR = CONFIG_DIR / "experiments"
+SPLITS = ("training", "validation", "test")
+
+#: Profile overlay, items kept per split (None: all), test images in the qualitative figure.
+PROFILES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "overlay": "tiny.yaml",
+        "max_items": {"training": 4, "validation": 2, "test": 3},
+        "qualitative": 2,
+    },
+    "full": {"overlay": "full.yaml", "max_items": None, "qualitative": 4},
+}
+
+
+# ---- data --------------------------------------------------------------------------------------------------
+def _absolute(item: Mapping, base: Path) -> dict:
+    out = dict(item)
+    for key in ("image", "label"):
+        if key in out and isinstance(out[key], str) and not Path(out[key]).is_absolute():
+            out[key] = str((base / out[key]).resolve())
+    return out
+
+
+def prepare_datalist(
+    source: str | Path, target: str | Path, max_items: Mapping[str, int] | None = None
+) -> dict[str, Any]:
+    """Copy a Decathlon datalist with absolute paths (and at most ``max_items[split]`` items per split).
+
+    Raises:
+        ValueError: the datalist lacks a non-empty ``training``, ``validation`` or ``test`` split.
+    """
+    source = Path(source)
+    data = json.loads(source.read_text())
+    for split in SPLITS:
+        items = data.get(split) or []
+        if not items:
+            raise ValueError(f"{source}: the experiments need a non-empty {split!r} split (all methods use it).")
+        if max_items and split in max_items:
+            items = items[: max_items[split]]
+        data[split] = [_absolute(i, source.parent) for i in items]
+    atomic_write_json(target, data)
+    return data
+
+
+def _subset_of(item: Mapping) -> str | None:
+    for key in ("condition", "subset"):
+        if item.get(key):
+            return str(item[key]).split()[0].lower()
+    match = re.match(r"(high|low)(?:[_\-]|$)", Path(str(item.get("cell", ""))).name.lower())
+    return match.group(1) if match else None
+
+
+def split_subsets(data: Mapping[str, Any]) -> dict[str, dict[str, list]]:
+    """Group a datalist's items by subset (``condition`` / ``subset`` entry, or a ``cell`` named ``high*``/``low*``).
+
+    Returns:
+        ``{subset: {split: items}}`` for the subsets found (empty when the items carry no subset).
+    """
+    subsets: dict[str, dict[str, list]] = {}
+    for split in SPLITS:
+        for item in data.get(split) or []:
+            name = _subset_of(item)
+            if name is not None:
+                subsets.setdefault(name, {s: [] for s in SPLITS})[split].append(item)
+    return subsets
+
+
+def cross_dataset_datalists(
+    subsets: Mapping[str, Mapping[str, list]], out_dir: str | Path
+) -> list[tuple[str, str, Path]]:
+    """Datalists training (and validating) on one subset and testing on the other, both directions.
+
+    The test split is the other subset's ``test`` items, or all its items when it has none. Only the first two
+    subsets (sorted by name) are paired.
+
+    Returns:
+        ``(train subset, test subset, datalist path)`` per direction; empty unless two subsets can train.
+    """
+    names = sorted(n for n, s in subsets.items() if s["training"] and s["validation"])
+    if len(names) < 2:
+        return []
+    out = []
+    for a, b in ((names[0], names[1]), (names[1], names[0])):
+        test = subsets[b]["test"] or [i for s in SPLITS for i in subsets[b][s]]
+        data = {"training": subsets[a]["training"], "validation": subsets[a]["validation"], "test": test}
+        path = Path(out_dir) / f"{a}_to_{b}" / "datalist.json"
+        atomic_write_json(path, data)
+        out.append((a, b, path))
+    return out
+
+
+def _class_names(data: Mapping[str, Any]) -> list[str] | None:
+    labels = data.get("labels")
+    if isinstance(labels, Mapping) and labels:
+        try:
+            return [str(labels[k]) for k in sorted(labels, key=int)]
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+# ---- one row ----------------------------------------------------------------------------------------------
+class EpochClock:
+    """Seconds since ``start`` at the end of each epoch (after its validation), attached last to a trainer."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.seconds: dict[int, float] = {0: 0.0}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._tick)
+
+    def _tick(self, engine: Engine) -> None:
+        self.seconds[int(engine.state.epoch)] = time.perf_counter() - self.start
+
+
+@dataclass
+class Context:
+    """What every row shares."""
+
+    out: Path
+    profile: str
+    seed: int
+    overrides: dict[str, Any]
+    num_classes: int
+    class_names: list[str]
+    device: torch.device
+    base: ConfigParser
+    test_items: dict[str, list[TestItem]] = field(default_factory=dict)
+
+    def items(self, datalist: Path) -> list[TestItem]:
+        key = str(datalist)
+        if key not in self.test_items:
+            data = json.loads(Path(datalist).read_text())
+            self.test_items[key] = load_test_items(data["test"], self.base.get_parsed_content("preprocessing"))
+        return self.test_items[key]
+
+
+def _config_files(method: Method, profile: str) -> list[str]:
+    files = [CONFIG_DIR / "train.yaml", *(EXPERIMENT_DIR / o for o in method.overlays)]
+    return [str(f) for f in (*files, EXPERIMENT_DIR / PROFILES[profile]["overlay"])]
+
+
+def _command(run_id: str, config_files: Sequence[str], overrides: Mapping[str, Any]) -> str:
+    configs = "[" + ",".join(f'"{f}"' for f in config_files) + "]"
+    parts = ["python", "-m", "monai.bundle", "run", run_id, "--config_file", configs]
+    parts += ["--meta_file", str(CONFIG_DIR / "metadata.json")]
+    for key, value in overrides.items():
+        parts += [f"--{key}", value if isinstance(value, str) else repr(value)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _best(history: Mapping[str, list]) -> tuple[int | None, float]:
+    values = [v if v is not None and not math.isnan(v) else -1.0 for v in history.get("val_metric", [])]
+    if not values:
+        return None, math.nan
+    index = int(np.argmax(values))
+    return int(history["val_epoch"][index]), float(history["val_metric"][index])
+
+
+def _train_row(method: Method, name: str, datalist: Path, ctx: Context) -> tuple[dict, Evaluation]:
+    run_dir = ctx.out / "runs" / name
+    shutil.rmtree(run_dir / "models", ignore_errors=True)  # a fresh run: no stale best model or resume state
+    files = _config_files(method, ctx.profile)
+    overrides = {
+        **ctx.overrides,
+        "datalist": str(datalist),
+        "output_dir": str(run_dir),
+        "ckpt_dir": str(run_dir / "models"),
+    }
+    workflow = ConfigWorkflow(config_file=files, meta_file=str(CONFIG_DIR / "metadata.json"), **overrides)
+    workflow.initialize()
+    parser = workflow.parser
+    atomic_write_json(run_dir / "config.json", parser.get())
+    command = _command("training", files, overrides)
+    rerun = _command("training", [str(run_dir / "config.json")], {})
+    atomic_write_text(
+        run_dir / "command.sh",
+        f"#!/usr/bin/env bash\n# {name}: the bundle training of this row (seed {ctx.seed})\n{command}\n"
+        f"# or, from the merged config saved beside this file:\n# {rerun}\n",
+    )
+    start = time.perf_counter()
+    parser.get_parsed_content("precompute")  # embeddings (cached after the first row) / image cache
+    trainer = parser.get_parsed_content("train#trainer")
+    setup_s = time.perf_counter() - start
+    clock = EpochClock()
+    clock.attach(trainer)
+    clock.start = time.perf_counter()
+    workflow.run()
+    train_s = time.perf_counter() - clock.start
+    history = parser.get_parsed_content("train#learning_curve").history
+    best_epoch, best_val = _best(history)
+    network = parser.get_parsed_content("network")
+    trainable = count_trainable_parameters(network)
+    load_head_weights(network, run_dir / "models" / "model.pt")  # the best validation epoch's weights
+    if method.kind == "scsam":
+        streams = parser.get_parsed_content("head#streams")
+        model = ScSAM(
+            sam_encoder=parser.get_parsed_content("sam_encoder") if streams != "mae_only" else None,
+            mae_encoder=parser.get_parsed_content("mae_encoder") if streams != "sam_only" else None,
+            head=network,
+        )
+        predictor = ScSAMPredictor(model, device=ctx.device)
+    else:
+        predictor = SupervisedPredictor(network, parser.get_parsed_content("canvas_size"), device=ctx.device)
+    evaluation = evaluate_predictor(
+        predictor, ctx.items(datalist), ctx.num_classes, keep=PROFILES[ctx.profile]["qualitative"]
+    )
+    record = {
+        "trainable_parameters": trainable,
+        "best_epoch": best_epoch,
+        "best_val_dice": best_val,
+        "time_to_best_s": clock.seconds.get(best_epoch) if best_epoch is not None else None,
+        "train_s": train_s,
+        "setup_s": setup_s,
+        "epochs": int(trainer.state.epoch),
+        "curve": {"epoch": list(history["val_epoch"]), "val_dice": list(history["val_metric"])},
+        "config_files": files,
+        "command": command,
+    }
+    del workflow, parser, trainer, network, predictor
+    gc.collect()
+    return record, evaluation
+
+
+def _zero_shot_row(name: str, datalist: Path, ctx: Context) -> tuple[dict, Evaluation]:
+    method = next(m for m in METHODS if m.kind == "zero_shot")
+    run_dir = ctx.out / "runs" / name
+    files = _config_files(method, ctx.profile)
+    overrides = {**ctx.overrides, "datalist": str(datalist), "output_dir": str(run_dir)}
+    workflow = ConfigWorkflow(config_file=files, meta_file=str(CONFIG_DIR / "metadata.json"), **overrides)
+    workflow.initialize()
+    parser = workflow.parser
+    atomic_write_json(run_dir / "config.json", parser.get())
+    command = _command("zero_shot_run", files, overrides)
+    atomic_write_text(
+        run_dir / "command.sh", f"#!/usr/bin/env bash\n# {name}: zero-shot SAM on the test split\n{command}\n"
+    )
+    amg = parser.get_parsed_content("amg_profile")
+    sam = parser.get_parsed_content("zero_shot#sam").to(ctx.device)
+    evaluation = evaluate_zero_shot(
+        datalist=datalist,
+        split="test",
+        preprocessing=parser.get_parsed_content("preprocessing"),
+        sam=sam,
+        class_names=ctx.class_names,
+        settings=AMG_SETTINGS[amg],
+        output_dir=run_dir,
+        keep=PROFILES[ctx.profile]["qualitative"],
+    )
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {
+        "trainable_parameters": 0,
+        "best_epoch": None,
+        "time_to_best_s": None,
+        "masks_per_image": metrics["masks_per_image"],
+        "config_files": files,
+        "command": command,
+        "amg": AMG_SETTINGS[amg],
+    }, evaluation
+
+
+def _run_row(
+    method: Method, name: str, datalist: Path, groups: Mapping[str, str], ctx: Context
+) -> tuple[dict, Evaluation | None]:
+    logger.info("[experiments] %s (%s)", name, ", ".join(groups.values()))
+    start = time.perf_counter()
+    record: dict[str, Any] = {"name": name, "method": method.name, "kind": method.kind, "groups": dict(groups)}
+    record.update({"seed": ctx.seed, "datalist": str(datalist)})
+    try:
+        if method.kind == "zero_shot":
+            extra, evaluation = _zero_shot_row(name, datalist, ctx)
+        else:
+            extra, evaluation = _train_row(method, name, datalist, ctx)
+    except Exception as err:  # noqa: BLE001 - one failed row is reported, the others still run
+        logger.exception("[experiments] %s failed", name)
+        record.update({"error": f"{type(err).__name__}: {err}", "wall_s": time.perf_counter() - start})
+        atomic_write_json(ctx.out / "runs" / name / "row.json", record)
+        return record, None
+    record.update(extra)
+    record.update(
+        {
+            "scores": evaluation.scores,
+            "inference_s_per_image": evaluation.seconds_per_image,
+            "num_test_images": len(ctx.items(datalist)),
+            "wall_s": time.perf_counter() - start,
+        }
+    )
+    atomic_write_json(ctx.out / "runs" / name / "row.json", record)
+    logger.info(
+        "[experiments] %s: Dice %.4f, %.0f s", name, evaluation.scores.get("dice_mean", math.nan), record["wall_s"]
+    )
+    return record, evaluation
+
+
+# ---- everything --------------------------------------------------------------------------------------------
+def _weights_note(base: ConfigParser) -> list[str]:
+    notes = []
+    for stream in ("sam", "mae"):
+        if not base.get_parsed_content(f"{stream}_checkpoint") and base.get_parsed_content(
+            f"{stream}_allow_random_weights"
+        ):
+            arch = base.get_parsed_content(f"{stream}_arch")
+            notes.append(f"{stream.upper()} encoder '{arch}' has RANDOM weights")
+    return notes
+
+
+def run_experiments(
+    *,
+    datalist: str | Path,
+    out: str | Path,
+    profile: str = "tiny",
+    methods: Sequence[str] | None = None,
+    groups: Sequence[str] | None = None,
+    seed: int = 0,
+    overrides: Mapping[str, Any] | None = None,
+    cache_dir: str | Path | None = None,
+    cross_dataset: bool = True,
+    device: str | None = None,
+) -> dict[str, Path]:
+    """Run the selected methods on ``datalist`` and write the results into ``out``.
+
+    Args:
+        datalist: a Decathlon datalist with ``training``, ``validation`` and ``test`` splits.
+        out: output folder (``results.csv``, ``results.md``, ``results.json``, ``learning_curves.png``,
+            ``qualitative.png``, ``datalist.json`` and ``runs/<method>/``).
+        profile: ``"tiny"`` (CPU minutes, random tiny encoders) or ``"full"`` (train.yaml's settings, a GPU).
+        methods: method names (see ``registry.METHODS``); with ``groups`` None too: all.
+        groups: table names whose methods to run.
+        seed: the seed of every row (bundle ``seed``).
+        overrides: more bundle overrides for every row (e.g. ``sam_checkpoint``, ``class_names``).
+        cache_dir: embedding cache; default the ``embedding_cache`` folder beside the datalist.
+        cross_dataset: also run the cross-dataset rows when the datalist's items name two subsets.
+        device: torch device for the rows (default: CUDA when available).
+
+    Returns:
+        paths of the written files by name.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}.")
+    wall = time.perf_counter()
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    source = Path(datalist).resolve()
+    data = prepare_datalist(source, out / "datalist.json", PROFILES[profile]["max_items"])
+    base_overrides: dict[str, Any] = {
+        "bundle_root": str(BUNDLE_DIR),
+        "seed": int(seed),
+        "cache_dir": str(Path(cache_dir).resolve() if cache_dir else source.parent / "embedding_cache"),
+    }
+    names = _class_names(data)
+    if names:
+        base_overrides["class_names"] = names
+    if device:
+        base_overrides["device"] = f"$torch.device('{device}')"
+    base_overrides.update(overrides or {})
+    base = ConfigParser()
+    base.read_config([str(CONFIG_DIR / "train.yaml"), str(EXPERIMENT_DIR / PROFILES[profile]["overlay"])])
+    base.update({**base_overrides, "datalist": str(out / "datalist.json")})
+    class_names = list(base.get_parsed_content("class_names"))
+    ctx = Context(
+        out=out,
+        profile=profile,
+        seed=int(seed),
+        overrides=base_overrides,
+        num_classes=len(class_names) - 1,
+        class_names=class_names,
+        device=base.get_parsed_content("device"),
+        base=base,
+    )
+    selected = select_methods(list(methods) if methods else None, list(groups) if groups else None)
+    records: list[dict] = []
+    examples: dict[str, list[np.ndarray]] = {}
+    for method in selected:
+        record, evaluation = _run_row(method, method.name, out / "datalist.json", method.groups, ctx)
+        records.append(record)
+        if evaluation is not None:
+            examples[next(iter(method.groups.values()))] = evaluation.examples
+    cross = cross_dataset_datalists(split_subsets(data), out / "cross") if cross_dataset else []
+    by_name = {m.name: m for m in METHODS}
+    for a, b, path in cross:
+        for name in CROSS_DATASET_METHODS:
+            method = by_name[name]
+            if methods and name not in methods:
+                continue
+            label = f"{next(iter(method.groups.values()))}: {a} -> {b}"
+            record, _ = _run_row(method, f"{name}__{a}_to_{b}", path, {"cross_dataset": label}, ctx)
+            records.append(record)
+    header = [
+        f"- profile: `{profile}`; datalist: `{source}`; seed: {seed}; device: {ctx.device}; "
+        f"test images: {len(ctx.items(out / 'datalist.json'))}",
+        f"- wall time: {time.perf_counter() - wall:.0f} s (all rows, including the embedding cache)",
+    ]
+    notes = _weights_note(base)
+    if notes:
+        header.append(
+            f"- **{'; '.join(notes)}**: these numbers show that every row runs end to end; they are not results."
+        )
+    header.append(
+        "- Zero-shot SAM gives each automatic mask the class of the ground truth it overlaps most (nearest class "
+        "when none): it reads the labels, an upper bound for SAM's masks."
+    )
+    failed = [r for r in records if "error" in r]
+    if failed:
+        header.append("- failed rows: " + "; ".join(f"{r['name']} ({r['error']})" for r in failed))
+    rows = table_rows([r for r in records if "error" not in r], class_names)
+    paths = {
+        "results.csv": write_csv(out / "results.csv", rows),
+        "results.md": atomic_write_text(out / "results.md", format_markdown(rows, class_names, header)),
+    }
+    summary = {
+        "profile": profile,
+        "datalist": str(source),
+        "seed": seed,
+        "class_names": class_names,
+        "records": records,
+    }
+    summary["overrides"] = {k: v for k, v in base_overrides.items()}
+    paths["results.json"] = atomic_write_json(out / "results.json", summary)
+    curves = {
+        next(iter(r["groups"].values())): r["curve"]
+        for r in records
+        if r.get("curve") and "cross_dataset" not in r["groups"]
+    }
+    paths["learning_curves.png"] = plot_learning_curves(curves, out / "learning_curves.png")
+    test_items = ctx.items(out / "datalist.json")[: PROFILES[profile]["qualitative"]]
+    paths["qualitative.png"] = plot_qualitative(
+        [i.image[0].numpy() for i in test_items],
+        [i.label for i in test_items],
+        examples,
+        class_names,
+        out / "qualitative.png",
+    )
+    logger.info("[experiments] done in %.0f s: %s", time.perf_counter() - wall, out / "results.md")
+    return paths
