@@ -27,6 +27,7 @@ from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from ..atomic import atomic_write_json, atomic_write_text
+from ..bundle_cli import bundle_command
 from ..engines.checkpoint import load_head_weights
 from ..networks.scsam import ScSAM, count_trainable_parameters
 from .evaluation import Evaluation, ScSAMPredictor, TestItem, evaluate_predictor, load_test_items
@@ -192,11 +193,8 @@ def _config_files(method: Method, profile: str) -> list[str]:
 
 
 def _command(run_id: str, config_files: Sequence[str], overrides: Mapping[str, Any]) -> str:
-    configs = "[" + ",".join(f'"{f}"' for f in config_files) + "]"
-    parts = ["python", "-m", "monai.bundle", "run", run_id, "--config_file", configs]
-    parts += ["--meta_file", str(CONFIG_DIR / "metadata.json")]
-    for key, value in overrides.items():
-        parts += [f"--{key}", value if isinstance(value, str) else repr(value)]
+    values = {k: v if isinstance(v, str) else repr(v) for k, v in overrides.items()}
+    parts = bundle_command(run_id, config_files, overrides=values, configs_dir=CONFIG_DIR, python="python")
     return " ".join(shlex.quote(p) for p in parts)
 
 
