@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-repeats", type=int)
     g.add_argument("--memory-slices", type=int, help="N: memory after N and 10 N slices")
     g.add_argument("--cache-images", type=int)
+    g.add_argument("--cache-workers", type=int, help="DataLoader workers reading the embedding cache")
     p.add_argument("--memory-timeout", type=float, help="seconds before the memory child process is stopped")
     return p
 
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         train_repeats=args.train_repeats,
         memory_slices=args.memory_slices,
         cache_images=args.cache_images,
+        cache_workers=args.cache_workers,
     )
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     report = run_benchmark(

@@ -15,6 +15,12 @@ def _to(x: torch.Tensor | None, device: torch.device | str | None, non_blocking:
     return torch.as_tensor(x).to(device=device, non_blocking=non_blocking)
 
 
+def _embedding_to(x: torch.Tensor | None, device: torch.device | str | None, non_blocking: bool) -> torch.Tensor | None:
+    """Move an embedding batch (float16 from the cache) to ``device``, then make it float32 there."""
+    x = _to(x, device, non_blocking)
+    return x.float() if x is not None and x.is_floating_point() else x
+
+
 def _common_size(sizes: torch.Tensor, name: str) -> tuple[int, int]:
     sizes = torch.as_tensor(sizes).reshape(-1, 2)
     if not bool((sizes == sizes[0]).all()):
@@ -45,8 +51,8 @@ class EmbeddingBatch:
         non_blocking: bool = False,
         **kwargs,
     ) -> tuple[torch.Tensor | None, torch.Tensor, tuple, dict]:
-        sam = _to(batchdata.get("sam"), device, non_blocking)
-        mae = _to(batchdata.get("mae"), device, non_blocking)
+        sam = _embedding_to(batchdata.get("sam"), device, non_blocking)
+        mae = _embedding_to(batchdata.get("mae"), device, non_blocking)
         label = _to(batchdata["label"], device, non_blocking)
         extra: dict = {}
         if self.full_resolution:

@@ -17,6 +17,7 @@ from monai.transforms import (
 from scsam_monai.data import EmbeddingCache, cached_embedding_dataset, precompute_embeddings, transform_fingerprint
 from scsam_monai.data.synthetic import write_synthetic_dataset
 from scsam_monai.data.transforms import LoadImage2Dd
+from scsam_monai.engines.batch import EmbeddingBatch
 from scsam_monai.networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
 
 
@@ -179,9 +180,16 @@ def test_dataset_serves_float_embeddings_and_label_on_mask_grid(tmp_path, synthe
         mae_encoder=encoders[1],
         progress=False,
     )
-    item = cached_embedding_dataset(records, mask_grid=256)[0]
-    assert item["sam"].dtype == torch.float32 and item["sam"].shape == (256, 64, 64)
+    item = cached_embedding_dataset(records, mask_grid=256, embedding_dtype=torch.float16)[0]
+    # float16 as cached (half the bytes through workers and collation); EmbeddingBatch makes float32 on device
+    assert item["sam"].dtype == torch.float16 and item["sam"].shape == (256, 64, 64)
+    stored = np.load(records[0]["sam"])
+    torch.testing.assert_close(item["sam"], torch.from_numpy(stored), rtol=0, atol=0)
+    sam, label, (mae,), _ = EmbeddingBatch()({k: item[k][None] for k in ("sam", "mae", "label")}, "cpu")
+    assert sam.dtype == mae.dtype == torch.float32 and label.dtype == torch.long
+    torch.testing.assert_close(sam[0], torch.from_numpy(stored).float(), rtol=0, atol=0)
     assert item["label"].shape == (1, 256, 256) and item["label"].dtype == torch.long
+    assert cached_embedding_dataset(records, mask_grid=256)[0]["sam"].dtype == torch.float32  # the default
     full = cached_embedding_dataset(records, mask_grid=None)[0]
     assert full["label"].shape == (1, 96, 96)
     assert item["input_size"].tolist() == [256, 256] and item["original_size"].tolist() == [96, 96]
