@@ -32,6 +32,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .hashing import sha256_file
+
 __all__ = [
     "ConfigValidationError",
     "HEAD_KEYS",
@@ -125,12 +127,6 @@ def read_large_files(path: str | Path) -> list[dict[str, Any]]:
     return [dict(e) for e in entries if isinstance(e, Mapping) and e.get("path")]
 
 
-def _sha256(path: Path) -> str:
-    from .networks.checkpoints import sha256_file
-
-    return sha256_file(path)
-
-
 def check_checkpoint(
     checkpoint: str | Path | None,
     *,
@@ -198,7 +194,7 @@ def check_checkpoint(
         if hash_type != "sha256":
             logger.warning("%s: large_files.yml gives a %s hash, which is not verified here.", path, hash_type)
         else:
-            actual = _sha256(path)
+            actual = sha256_file(path)
             if actual != str(entry["hash_val"]).lower():
                 problems.append(
                     f"{path}: its SHA-256 is {actual}, but {listing} lists {entry['hash_val']}; the download is "

@@ -29,7 +29,6 @@ archive fetched on another machine.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import sys
@@ -40,6 +39,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..hashing import sha256_file
 from .io import DataPreparationError, natural_key
 
 __all__ = [
@@ -97,14 +97,6 @@ def _offline_message(url: str, reason: object) -> str:
         f"was written. Fetch the archive on a machine with network access (browser or `curl -L -o betaseg.zip "
         f"'{url}'`; SHA-256 {ARCHIVE_SHA256}; see {PROJECT_PAGE}) and install it here with --archive betaseg.zip."
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fetch(url: str, target: Path, timeout: float, urlopen: Callable, progress: bool) -> None:
@@ -187,7 +179,7 @@ def download_betaseg(
             _fetch(url, part, timeout, urlopen, progress)
             archive = part
         if sha256:
-            found = _sha256(archive)
+            found = sha256_file(archive)
             if found != sha256:
                 raise BetaSegUnavailable(f"{archive}: SHA-256 {found} differs from the expected {sha256}.")
         out_dir.mkdir(parents=True, exist_ok=True)

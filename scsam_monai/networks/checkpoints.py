@@ -12,11 +12,12 @@ it was pre-trained with (arch name, field of view, patch, width, depth, heads, i
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+
+from ..hashing import sha256_file
 
 __all__ = [
     "MAE_ARCHITECTURE_KEY",
@@ -44,23 +45,6 @@ _HINT_REWRITE = (
 )
 # wrapper keys searched (in this order) for the state dict
 _WRAPPER_KEYS = ("model_state", "state_dict", "model", "sam", "encoder", "module")
-
-
-def sha256_file(path: str | Path, *, chunk_size: int = 1 << 20) -> str:
-    """SHA-256 of a file, read in chunks.
-
-    Args:
-        path: file to hash.
-        chunk_size: bytes read at a time (1 MiB by default).
-
-    Returns:
-        The hexadecimal digest.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _safe_load(path: str | Path, hint: str) -> object:

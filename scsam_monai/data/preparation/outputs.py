@@ -14,20 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from ...hashing import sha256_file
 from ..io import DataPreparationError, Volume
 from .cells import _Cell
 from .splits import SPLITS
 
 _OUTPUTS = ("images", "labels", "folds", "datalist.json", "manifest.json")
 _TOOL = "scsam-prepare"
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_tiff(path: Path, array: np.ndarray, compress: bool) -> str:
@@ -84,7 +77,7 @@ def _datalist(entries: dict[str, list], classes: list[str], description: str) ->
 
 
 def _describe_files(volume: Volume) -> list[dict]:
-    return [{"path": str(Path(f).resolve()), "sha256": _file_sha256(f)} for f in volume.files]
+    return [{"path": str(Path(f).resolve()), "sha256": sha256_file(f)} for f in volume.files]
 
 
 def _cell_record(cell: _Cell, classes: list[str], counts: np.ndarray, data_sha: str, main: int, ax: int) -> dict:
