@@ -81,6 +81,7 @@ def export_scsam_torchscript(
     meta_file: str | Path | None = None,
     config_files: Sequence[str | Path] = (),
     atol: float = 1e-4,
+    device: str | torch.device = "cpu",
 ) -> Path:
     """Trace the whole ScSAM (frozen encoders + trained head) for images of one size and save it atomically.
 
@@ -98,6 +99,8 @@ def export_scsam_torchscript(
         meta_file: the bundle's ``metadata.json``, stored in the file.
         config_files: config files stored beside it (their names as keys).
         atol: largest absolute logit difference allowed between the trace and the eager model.
+        device: where the model is traced. Tensors the model creates inside its forward are recorded on this
+            device, so export on the device type the TorchScript will run on (CPU by default: portable).
 
     Raises:
         ValueError: ``image_size`` is not two positive integers, the checkpoint does not fit the head, or the
@@ -111,8 +114,8 @@ def export_scsam_torchscript(
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"image_size must be (H, W) with positive sides, got {image_size!r}.")
     load_head_weights(network.head, head_checkpoint)
-    network = network.eval()
-    device = next(network.head.parameters()).device
+    device = torch.device(device)
+    network = network.to(device).eval()
     generator = torch.Generator().manual_seed(0)
     example = torch.rand((1, 1, *size), generator=generator).to(device)
     check = torch.rand((2, 1, *size), generator=generator).to(device)  # another batch size and content
@@ -133,6 +136,7 @@ def export_scsam_torchscript(
         "num_classes": int(network.head.num_classes),
         "head_checkpoint": Path(head_checkpoint).name,
         "max_abs_difference_to_eager": diff,
+        "traced_on": device.type,
     }
     extra = {Path(f).name: Path(f).read_bytes() for f in config_files}
     buffer = io.BytesIO()

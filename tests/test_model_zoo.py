@@ -157,6 +157,7 @@ def test_whole_model_exports_to_torchscript_equal_to_the_eager_model(repo_root, 
         str(tmp_path / "models" / "model_full.ts"), more_extra_files=("train.yaml", "inference.yaml")
     )
     assert meta["scsam_export"]["image_size"] == [96, 80] and meta["scsam_export"]["num_classes"] == 3
+    assert meta["scsam_export"]["traced_on"] == "cpu"
     assert meta["name"] == json.loads((bundle / "configs/metadata.json").read_text())["name"]
     assert b"head_def" in extra["train.yaml"]
     model = workflow.parser.get_parsed_content("network").eval()
