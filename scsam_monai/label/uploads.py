@@ -17,7 +17,7 @@ tested and reused on its own; :mod:`scsam_monai.label.datastore` and :mod:`scsam
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -62,18 +62,18 @@ def _open(path: Path, what: str, display: str):
         raise UploadRejected(422, str(err).replace(str(path), display)) from err
 
 
-def _read_all(volume, display: str, source: str) -> np.ndarray:
-    try:
-        array = volume.read()
-    except DataPreparationError as err:
-        raise UploadRejected(422, str(err).replace(source, display)) from err
-    if min(array.shape) == 0:
-        raise UploadRejected(422, f"{display}: the image is empty (shape {array.shape}).")
-    try:
-        check_pixels(array, display)
-    except DataPreparationError as err:
-        raise UploadRejected(422, str(err)) from err
-    return array
+def _slices(volume, display: str, source: str) -> Iterator[np.ndarray]:
+    """The volume's z slices one at a time, each checked like a whole image (memory: one slice, any stack)."""
+    if min(volume.shape) == 0:
+        raise UploadRejected(422, f"{display}: the image is empty (shape {tuple(volume.shape)}).")
+    for z in range(volume.shape[0]):
+        where = display if volume.shape[0] == 1 else f"{display} (slice {z})"
+        try:
+            plane = volume.read_slice(z)
+            check_pixels(plane, where)
+        except DataPreparationError as err:
+            raise UploadRejected(422, str(err).replace(source, display)) from err
+        yield plane
 
 
 def check_image(path: str | Path, *, name: str | None = None) -> tuple[int, int, int]:
@@ -92,8 +92,9 @@ def check_image(path: str | Path, *, name: str | None = None) -> tuple[int, int,
     path = Path(path)
     display = name or str(path)
     with _open(path, "image", display) as volume:
-        array = _read_all(volume, display, str(path))
-    return tuple(int(s) for s in array.shape)  # type: ignore[return-value]
+        for _ in _slices(volume, display, str(path)):
+            pass
+        return tuple(int(s) for s in volume.shape)  # type: ignore[return-value]
 
 
 def check_label(
@@ -121,14 +122,17 @@ def check_label(
     path = Path(path)
     display = name or str(path)
     with _open(path, "label", display) as volume:
-        array = _read_all(volume, display, str(path))
-    if image_shape is not None and tuple(array.shape) != tuple(int(s) for s in image_shape):
-        raise UploadRejected(
-            422, f"{display}: the label map has shape {tuple(array.shape)}, its image {tuple(image_shape)}."
-        )
-    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
-        raise UploadRejected(422, f"{display}: the label map holds non-integer values; expected 0..{num_classes}.")
-    values = np.unique(array)
+        shape = tuple(int(s) for s in volume.shape)
+        if image_shape is not None and shape != tuple(int(s) for s in image_shape):
+            raise UploadRejected(422, f"{display}: the label map has shape {shape}, its image {tuple(image_shape)}.")
+        found: set = set()
+        for plane in _slices(volume, display, str(path)):
+            if plane.dtype.kind == "f" and not np.array_equal(plane, np.round(plane)):
+                raise UploadRejected(
+                    422, f"{display}: the label map holds non-integer values; expected 0..{num_classes}."
+                )
+            found.update(np.unique(plane).tolist())
+    values = np.array(sorted(found))
     bad = values[(values < 0) | (values > num_classes)]
     if bad.size:
         raise UploadRejected(
@@ -136,4 +140,4 @@ def check_label(
             f"{display}: the label map holds values {bad[:5].tolist()} outside 0..{num_classes} "
             f"(0 background, 1..{num_classes} the classes).",
         )
-    return tuple(int(s) for s in array.shape)  # type: ignore[return-value]
+    return shape  # type: ignore[return-value]

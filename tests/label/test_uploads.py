@@ -45,3 +45,20 @@ def test_label_map_values_and_shape_are_checked(tmp_path):
     with pytest.raises(UploadRejected, match="shape") as caught:
         check_label(tmp_path / "ok.tif", num_classes=3, image_shape=(1, 4, 4))
     assert caught.value.status_code == 422
+
+
+def test_stacks_are_checked_slice_by_slice_and_the_slice_is_named(tmp_path):
+    image = np.zeros((4, 20, 30), np.float32)
+    image[2, 5, 7] = np.nan
+    tifffile.imwrite(tmp_path / "stack.tif", image, photometric="minisblack")
+    with pytest.raises(UploadRejected) as caught:
+        check_image(tmp_path / "stack.tif", name="stack.tif")
+    assert caught.value.status_code == 422 and "slice 2" in caught.value.message
+    label = np.zeros((4, 20, 30), np.uint8)
+    label[3, 0, 0] = 9  # only the last slice holds a value outside the classes
+    tifffile.imwrite(tmp_path / "label.tif", label, photometric="minisblack")
+    with pytest.raises(UploadRejected, match=r"values \[9\] outside 0..3"):
+        check_label(tmp_path / "label.tif", num_classes=3, image_shape=(4, 20, 30))
+    label[3, 0, 0] = 3
+    tifffile.imwrite(tmp_path / "label.tif", label, photometric="minisblack")
+    assert check_label(tmp_path / "label.tif", num_classes=3, image_shape=(4, 20, 30)) == (4, 20, 30)
