@@ -31,13 +31,7 @@ def naive_decode(head: ScSAMHead, features: torch.Tensor, mode: str = "per_class
     b, n, h, w = features.shape
     c = head.num_classes
     features = features.contiguous(memory_format=torch.channels_last)  # the layout the batched path uses
-    point = head.sam_prompt_encoder.point_embeddings
-    prompts = head.prompt_encoder(
-        features,
-        positive_embedding=point[1].weight[0],
-        negative_embedding=point[0].weight[0],
-        no_mask_embedding=head.sam_prompt_encoder.no_mask_embed.weight[0],
-    )
+    prompts = head.class_prompts(features)
     dense = prompts.dense.reshape(b, c, n, h, w)
     sparse = prompts.sparse.reshape(b, c, *prompts.sparse.shape[1:])
     pe = head.dense_pe(device=features.device, dtype=features.dtype)

@@ -19,7 +19,7 @@ from .checkpoints import load_sam_state_dict, submodule_state
 from .fafm import FusionOutput, build_fusion
 from .geometry import unpad_and_resize
 from .mask_decoder import build_mask_decoder
-from .prompt_encoder import ClassPromptEncoder
+from .prompt_encoder import ClassPromptEncoder, ClassPrompts
 
 __all__ = ["ScSAMHead", "ScSAM", "count_trainable_parameters", "class_embeddings"]
 
@@ -189,19 +189,26 @@ class ScSAMHead(nn.Module):
             self._dense_pe_cache = (key, pe)
         return self._dense_pe_cache[1]
 
+    def class_prompts(self, features: torch.Tensor) -> ClassPrompts:
+        """The class prompt encoder's dense and sparse prompts (rows ``b*C + k``) for channels-last V_f.
+
+        SAM's frozen point embeddings (positive, negative) and no-mask embedding are the ones it is given.
+        """
+        point = self.sam_prompt_encoder.point_embeddings
+        return self.prompt_encoder(
+            features,
+            positive_embedding=point[1].weight[0],
+            negative_embedding=point[0].weight[0],
+            no_mask_embedding=self.sam_prompt_encoder.no_mask_embed.weight[0],
+        )
+
     def decode(self, features: torch.Tensor) -> torch.Tensor:
         """Prompt every class on every image and decode: V_f ``(B, N, g, g)`` -> logits ``(B, C, 4g, 4g)``."""
         b, n, h, w = features.shape
         c = self.num_classes
         # Channels-last V_f is the token layout (B, g*g, N) of the prompt encoder and SAM's transformer.
         features = features.contiguous(memory_format=torch.channels_last)
-        point = self.sam_prompt_encoder.point_embeddings
-        prompts = self.prompt_encoder(
-            features,
-            positive_embedding=point[1].weight[0],
-            negative_embedding=point[0].weight[0],
-            no_mask_embedding=self.sam_prompt_encoder.no_mask_embed.weight[0],
-        )
+        prompts = self.class_prompts(features)
         # row b*C + k, like the prompts; one copy, in channels-last memory
         tokens = features.flatten(2).transpose(1, 2)  # (B, g*g, N)
         image_embeddings = tokens.unsqueeze(1).expand(b, c, h * w, n).reshape(b * c, h * w, n)
