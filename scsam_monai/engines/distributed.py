@@ -5,7 +5,7 @@ workflow, the trainer's network is wrapped in ``DistributedDataParallel``, ``Dis
 data, and only rank 0 writes files. What ScSAM adds, and what lives here:
 
 - the frozen encoders' embedding cache is filled by all ranks together (each rank embeds its share of the
-  images, then every rank reads the complete cache), so the costly encoder pass scales with the GPUs too;
+  images, then the ranks exchange their records), so the costly encoder pass scales with the GPUs too;
 - an error on one rank (a corrupt image, say) stops every rank with that message, instead of leaving the
   others waiting forever at the next collective call;
 - a check after every epoch that all ranks hold the same weights, which is what DDP promises and what a
@@ -122,30 +122,40 @@ def sharded_precompute_embeddings(
 ) -> list[dict]:
     """``precompute_embeddings`` with the encoder work split over the ranks of a distributed run.
 
-    Rank ``r`` embeds items ``r, r + W, r + 2W, ...``; after a barrier every rank calls ``precompute`` on the
-    whole datalist, which finds every entry in the shared cache (augmented views are seeded per image
-    content, not per position, so a rank's share is exactly what the full call asks for) and returns the
-    same records on every rank. Outside a distributed run this is ``precompute(datalist, **kwargs)``.
-    The cache folder must be shared by the ranks (one machine, or a shared file system).
+    Rank ``r`` embeds items ``r, r + W, r + 2W, ...`` into the cache; the ranks then exchange their records
+    (small dicts of cache paths and sizes), so every rank returns the records of the whole datalist, in its
+    order, without reading any image a second time. Outside a distributed run this is
+    ``precompute(datalist, **kwargs)``. The cache folder must be shared by the ranks (one machine, or a shared
+    file system): training reads every rank's entries.
 
     Args:
         datalist: the split's items.
-        precompute: the function that fills the cache and returns records (``precompute_embeddings``).
+        precompute: the function that fills the cache and returns the same number of records (views) for
+            every item, in order (``precompute_embeddings``).
         kwargs: its other arguments.
     """
     if not is_distributed():
         return precompute(datalist, **kwargs)
+    items = list(datalist)
     r, w = dist.get_rank(), dist.get_world_size()
-    share = list(datalist)[r::w]
+    share = items[r::w]
+    records: list[dict] = []
     error: BaseException | None = None
     if share:
         try:
-            precompute(share, **{**kwargs, "progress": kwargs.get("progress", True) and r == 0})
+            records = precompute(share, **{**kwargs, "progress": kwargs.get("progress", True) and r == 0})
         except Exception as err:  # noqa: BLE001 - re-raised on every rank below, with the rank named
             error = err
     _raise_if_any_rank_failed(error)
-    dist.barrier()
-    return precompute(datalist, **{**kwargs, "progress": False})
+    shares: list[list[dict] | None] = [None] * w
+    dist.all_gather_object(shares, records)
+    # item i is item i // W of rank i % W's share, which gave len(records) / len(share) records per item
+    views = [len(shares[k]) // max(1, len(items[k::w])) for k in range(w)]
+    ordered: list[dict] = []
+    for i in range(len(items)):
+        k, j = i % w, i // w
+        ordered.extend(shares[k][j * views[k] : (j + 1) * views[k]])
+    return ordered
 
 
 def parameter_fingerprint(module: torch.nn.Module) -> str:

@@ -108,9 +108,12 @@ def _spawn(scenario: str) -> dict:
 
 def test_ranks_share_the_precompute_and_one_ranks_failure_stops_all():
     results = _spawn("precompute")
-    # each rank embeds its share, then all read the whole list (in order) from the cache
+    # each rank embeds its share, then the ranks exchange records: all get the whole list, in order
     assert results[0]["seen"][0] == ["a.tif", "c.tif"] and results[1]["seen"][0] == ["b.tif"]
     assert results[0]["records"] == results[1]["records"] == [{"image": d} for d in ("a.tif", "b.tif", "c.tif")]
+    # and no image is read twice: one call per rank for each datalist (the second one is the failing list)
+    assert results[0]["seen"] == [["a.tif", "c.tif"], ["bad.tif", "b.tif"]]
+    assert results[1]["seen"] == [["b.tif"], ["a.tif", "bad.tif"]]
     for rank in (0, 1):
         assert "rank 0: ValueError: bad.tif: truncated TIFF" in results[rank]["error"]  # share: bad, b
         assert "rank 1:" not in results[rank]["error"]  # share: a, bad (our fake fails on a first item only)
