@@ -11,10 +11,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONFIGS_DIR", "bundle_command"]
+__all__ = ["BUNDLE_DIR", "CONFIGS_DIR", "bundle_command"]
 
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "bundle" / "configs"
-"""The repository's ``bundle/configs`` (for an editable install or a checkout)."""
+BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundle"
+"""The repository's ``bundle/`` beside the package (an editable install or a checkout)."""
+CONFIGS_DIR = BUNDLE_DIR / "configs"
+"""The repository's ``bundle/configs``."""
 
 
 def bundle_command(

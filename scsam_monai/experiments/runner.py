@@ -27,7 +27,7 @@ from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from ..atomic import atomic_write_json, atomic_write_text
-from ..bundle_cli import bundle_command
+from ..bundle_cli import BUNDLE_DIR, CONFIGS_DIR, bundle_command
 from ..engines.checkpoint import load_head_weights
 from ..networks.scsam import ScSAM, count_trainable_parameters
 from .evaluation import Evaluation, ScSAMPredictor, TestItem, evaluate_predictor, load_test_items
@@ -47,9 +47,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_DIR = Path(__file__).resolve().parents[2] / "bundle"
-CONFIG_DIR = BUNDLE_DIR / "configs"
-EXPERIMENT_DIR = CONFIG_DIR / "experiments"
+EXPERIMENT_DIR = CONFIGS_DIR / "experiments"
 SPLITS = ("training", "validation", "test")
 
 #: Profile overlay, items kept per split (None: all), test images in the qualitative figure.
@@ -188,13 +186,13 @@ class Context:
 
 
 def _config_files(method: Method, profile: str) -> list[str]:
-    files = [CONFIG_DIR / "train.yaml", *(EXPERIMENT_DIR / o for o in method.overlays)]
+    files = [CONFIGS_DIR / "train.yaml", *(EXPERIMENT_DIR / o for o in method.overlays)]
     return [str(f) for f in (*files, EXPERIMENT_DIR / PROFILES[profile]["overlay"])]
 
 
 def _command(run_id: str, config_files: Sequence[str], overrides: Mapping[str, Any]) -> str:
     values = {k: v if isinstance(v, str) else repr(v) for k, v in overrides.items()}
-    parts = bundle_command(run_id, config_files, overrides=values, configs_dir=CONFIG_DIR, python="python")
+    parts = bundle_command(run_id, config_files, overrides=values, configs_dir=CONFIGS_DIR, python="python")
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -216,7 +214,7 @@ def _train_row(method: Method, name: str, datalist: Path, ctx: Context) -> tuple
         "output_dir": str(run_dir),
         "ckpt_dir": str(run_dir / "models"),
     }
-    workflow = ConfigWorkflow(config_file=files, meta_file=str(CONFIG_DIR / "metadata.json"), **overrides)
+    workflow = ConfigWorkflow(config_file=files, meta_file=str(CONFIGS_DIR / "metadata.json"), **overrides)
     workflow.initialize()
     parser = workflow.parser
     atomic_write_json(run_dir / "config.json", parser.get())
@@ -276,7 +274,7 @@ def _zero_shot_row(name: str, datalist: Path, ctx: Context) -> tuple[dict, Evalu
     run_dir = ctx.out / "runs" / name
     files = _config_files(method, ctx.profile)
     overrides = {**ctx.overrides, "datalist": str(datalist), "output_dir": str(run_dir)}
-    workflow = ConfigWorkflow(config_file=files, meta_file=str(CONFIG_DIR / "metadata.json"), **overrides)
+    workflow = ConfigWorkflow(config_file=files, meta_file=str(CONFIGS_DIR / "metadata.json"), **overrides)
     workflow.initialize()
     parser = workflow.parser
     atomic_write_json(run_dir / "config.json", parser.get())
@@ -403,7 +401,7 @@ def run_experiments(
         base_overrides["device"] = f"$torch.device('{device}')"
     base_overrides.update(overrides or {})
     base = ConfigParser()
-    base.read_config([str(CONFIG_DIR / "train.yaml"), str(EXPERIMENT_DIR / PROFILES[profile]["overlay"])])
+    base.read_config([str(CONFIGS_DIR / "train.yaml"), str(EXPERIMENT_DIR / PROFILES[profile]["overlay"])])
     base.update({**base_overrides, "datalist": str(out / "datalist.json")})
     class_names = list(base.get_parsed_content("class_names"))
     ctx = Context(

@@ -27,7 +27,7 @@ import torch
 from monai.bundle import ConfigParser
 from torch import nn
 
-from ..bundle_cli import bundle_command
+from ..bundle_cli import BUNDLE_DIR, bundle_command
 from ..engines.checkpoint import load_head_weights
 
 __all__ = ["BundleSettings", "default_bundle_dir", "build_network", "run_bundle", "warm_start", "write_overrides"]
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 def default_bundle_dir() -> Path:
     """``bundle/`` next to the installed package (an editable install of this repository)."""
-    return Path(__file__).resolve().parents[2] / "bundle"
+    return BUNDLE_DIR
 
 
 @dataclass

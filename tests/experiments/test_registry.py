@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from monai.bundle import ConfigParser
 
+from scsam_monai.bundle_cli import CONFIGS_DIR
 from scsam_monai.experiments.registry import GROUPS, METHODS, select_methods
-from scsam_monai.experiments.runner import CONFIG_DIR, PROFILES, _config_files
+from scsam_monai.experiments.runner import PROFILES, _config_files
 from scsam_monai.networks.scsam import count_trainable_parameters
 
 
@@ -17,7 +18,7 @@ def test_every_group_has_a_method_and_every_overlay_exists():
     for method in METHODS:
         for profile in PROFILES:
             for path in _config_files(method, profile):
-                assert (CONFIG_DIR / path).is_file(), path
+                assert (CONFIGS_DIR / path).is_file(), path
 
 
 def test_select_by_name_and_group():
@@ -33,7 +34,7 @@ def _network(method_name: str):
     method = next(m for m in METHODS if m.name == method_name)
     parser = ConfigParser()
     parser.read_config(_config_files(method, "tiny"))
-    parser.update({"bundle_root": str(CONFIG_DIR.parent)})
+    parser.update({"bundle_root": str(CONFIGS_DIR.parent)})
     return parser, parser.get_parsed_content("network_def")
 
 
