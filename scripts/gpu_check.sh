@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Checks that need a CUDA GPU (the test suite runs on CPUs only): tiny training with AMP on the GPU, a
-# one-rank NCCL run of the multi-GPU overlay, segmenting a stack, and the full-profile benchmark.
+# one-rank NCCL run of the multi-GPU overlay, segmenting a stack, the SAM encoder's GPU paths (fused attention
+# kernels, torch.compile, CUDA graphs) against segment-anything's encoder, and the full-profile benchmark.
 # Usage: bash scripts/gpu_check.sh OUT_DIR   (the project importable: installed, or on PYTHONPATH)
-# About 5-8 minutes on one H100/H200. Writes OUT_DIR/gpu_check.log, benchmark.json/.md, learning_curve.png.
+# About 7-10 minutes on one H100/H200 (compiling the SAM encoder twice adds 1-3 minutes; unmeasured). Writes
+# OUT_DIR/gpu_check.log, sam_check.json, benchmark.json/.md, learning_curve.png.
 set -uo pipefail
 out=${1:?usage: gpu_check.sh OUT_DIR}
 mkdir -p "$out"
@@ -44,6 +46,11 @@ step ddp_nccl_one_rank torchrun --standalone --nproc_per_node 1 -m monai.bundle 
 step inference_on_gpu bundle inference --config_file "['$cfg/train.yaml','$cfg/inference.yaml','$cfg/demo.yaml']" \
   --dataset_dir "$work/data" --output_dir "$work/amp" --input "$work/data/images"
 step inference_wrote_labels test -s "$work/amp/predictions/predictions.json"
+# the SAM encoder's fast paths against segment-anything's float32 encoder (same weights): fused attention in fp32
+# and bf16, the memory-efficient and math SDPA kernels forced, torch.compile and CUDA graphs (reduce-overhead);
+# fails when a tolerance is exceeded; writes sam_check.json with times and fractions of the bf16 matmul rate
+step sam_fast_paths python -m scsam_monai.benchmark.sam_check --out "$out/sam_check" --batch 8 --repeats 5
+cp "$out/sam_check/sam_check.json" "$out/" 2>/dev/null
 step benchmark_full python "$root/scripts/benchmark.py" --profile full --out "$out/benchmark"
 cp "$out/benchmark/benchmark.json" "$out/benchmark/benchmark.md" "$out/" 2>/dev/null
 grep -E "^(PASS|FAIL)" "$log"

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_write
+from .networks.checkpoints import load_head_weights
 from .networks.scsam import ScSAM, ScSAMHead
 
 __all__ = ["ConcatEmbeddingHead", "export_scsam_torchscript"]
@@ -33,20 +34,17 @@ logger = logging.getLogger(__name__)
 class ConcatEmbeddingHead(ScSAMHead):
     """:class:`ScSAMHead` with one input: the SAM and MAE embeddings concatenated along channels.
 
-    Takes the arguments of :class:`ScSAMHead`. The input has ``sam_channels + mae_channels`` channels for
-    ``streams="both"`` (SAM first), ``sam_channels`` for ``"sam_only"`` and ``mae_channels`` for ``"mae_only"``.
+    Built like the head, by ``build_scsam_head(..., head_class=ConcatEmbeddingHead)``. The input has
+    ``sam_channels + mae_channels`` channels for ``streams="both"`` (SAM first), ``sam_channels`` for
+    ``"sam_only"`` and ``mae_channels`` for ``"mae_only"``.
 
     Example::
 
-        >>> head = ConcatEmbeddingHead()
+        >>> from scsam_monai.networks.build import build_scsam_head
+        >>> head = build_scsam_head(head_class=ConcatEmbeddingHead)
         >>> head(torch.randn(1, 256 + 512, 64, 64)).shape
         torch.Size([1, 3, 256, 256])
     """
-
-    def __init__(self, *, sam_channels: int = 256, mae_channels: int = 512, **kwargs) -> None:
-        super().__init__(sam_channels=sam_channels, mae_channels=mae_channels, **kwargs)
-        self.sam_channels = sam_channels
-        self.mae_channels = mae_channels
 
     @property
     def in_channels(self) -> int:
@@ -107,8 +105,6 @@ def export_scsam_torchscript(
             traced model disagrees with the eager one (nothing is written then).
     """
     from monai.data import save_net_with_metadata
-
-    from .engines.checkpoint import load_head_weights
 
     size = tuple(int(v) for v in image_size)
     if len(size) != 2 or min(size) < 1:

@@ -1,4 +1,5 @@
-"""Shared fixtures: the repository root and a small synthetic data set."""
+"""Shared fixtures: the repository root. Shared helper functions (run a bundle or a command as a child process,
+a free TCP port, train.yaml's preprocessing, the real EM sample) live in ``tests/helpers.py``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 # Two CPU cores on CI: keep torch from oversubscribing them.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -16,4 +16,5 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
+    """The repository's root folder (``bundle/``, ``scripts/`` and ``apps/`` are under it)."""
     return REPO_ROOT

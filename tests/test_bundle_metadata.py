@@ -162,12 +162,12 @@ def test_no_evaluation_numbers_are_claimed_without_a_result(meta):
 
 
 def test_head_data_format_matches_the_trained_head(meta):
-    from scsam_monai.networks.scsam import ScSAMHead
+    from scsam_monai.networks.build import build_scsam_head
 
     fmt = meta["head_data_format"]
     sam, mae = fmt["inputs"]["sam_embedding"], fmt["inputs"]["mae_embedding"]
     torch.manual_seed(0)
-    head = ScSAMHead().eval()
+    head = build_scsam_head().eval()
     with torch.no_grad():
         out = head(
             torch.randn(1, sam["num_channels"], *sam["spatial_shape"]),
@@ -254,3 +254,39 @@ def test_monai_download_large_files_reads_every_entry(monkeypatch, large_files):
     parser = ConfigParser()
     parser.read_config(str(LARGE_FILES))
     assert len(parser.get("large_files")) == len(large_files)
+
+
+def _expressions(node, where: str = ""):
+    """``(id, text)`` of every ``$`` expression in a parsed YAML config."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _expressions(value, f"{where}#{key}" if where else str(key))
+    elif isinstance(node, list):
+        for n, value in enumerate(node):
+            yield from _expressions(value, f"{where}#{n}")
+    elif isinstance(node, str) and node.startswith("$"):
+        yield where, node
+
+
+def test_config_expressions_are_short_logic_lives_in_the_package():
+    # a `$` expression longer than this is logic that belongs in scsam_monai, called with `_target_` or refs
+    long = [
+        f"{path.relative_to(CONFIGS)}: {key} ({len(text)} characters)"
+        for path in sorted(CONFIGS.rglob("*.yaml"))
+        for key, text in _expressions(yaml.safe_load(path.read_text()))
+        if len(text) > 150
+    ]
+    assert not long, long
+
+
+def test_every_job_has_one_definition_and_run_refers_to_it():
+    for files, job in (
+        (["train.yaml"], "training"),
+        (["train.yaml", "evaluate.yaml"], "evaluating"),
+        (["train.yaml", "inference.yaml"], "inference"),
+    ):
+        config = ConfigParser.load_config_files([str(CONFIGS / f) for f in files])
+        assert config["run"] == f"@{job}", files
+    text = "\n".join(p.read_text() for p in CONFIGS.rglob("*.yaml"))
+    assert "input_dir" not in text
+    assert text.count("if @head#streams != ") == 2  # sam_stream and mae_stream, referred to everywhere else

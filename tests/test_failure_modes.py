@@ -24,8 +24,7 @@ import yaml
 from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, ScaleIntensityRangePercentilesd
 
 from scsam_monai.data.embedding_dataset import precompute_embeddings
-from scsam_monai.data.imageio import read_image_2d
-from scsam_monai.data.io import DataPreparationError, open_volume
+from scsam_monai.data.readers import DataPreparationError, open_volume, read_image_2d
 from scsam_monai.data.transforms import LoadImage2Dd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -225,7 +224,7 @@ class _Payload:
 def _loaders():
     from monai.handlers import CheckpointLoader
 
-    from scsam_monai.engines.checkpoint import load_head_weights
+    from scsam_monai.networks.checkpoints import load_head_weights
     from scsam_monai.engines.resume import TrainingCheckpoint
     from scsam_monai.networks.checkpoints import load_mae_checkpoint, load_sam_state_dict
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,8 +20,11 @@ from scsam_monai.validation import (
     check_config_keys,
     check_datalist,
     check_head,
+    check_input,
+    require_input,
     validate_run,
 )
+from tests.helpers import run_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
@@ -120,9 +122,21 @@ def test_valid_overlays_and_overrides_pass(tmp_path):
     argv = _argv("--head#fusion", "concat", "--resume", "--class_names", "['background','a']",
                  configs=("train.yaml", "demo.yaml", str(overlay)))  # fmt: skip
     command = bundle_command_line(argv)
-    assert command["overrides"] == {"head#fusion": "concat", "resume": "True", "class_names": "['background','a']"}
+    # the values as MONAI receives them (read by fire, as ``python -m monai.bundle`` reads them)
+    assert command["overrides"] == {"head#fusion": "concat", "resume": True, "class_names": ["background", "a"]}
     assert check_config_keys(command["config_file"], command["overrides"], run_id="training") == []
     assert bundle_command_line(["pytest", "-q"]) is None
+
+
+def test_the_bundles_own_experiment_overlays_are_known_settings():
+    # a row of the experiments reruns as its command line says: train.yaml + method overlays + a profile overlay
+    experiments = ["experiments/supervised.yaml", "experiments/dynunet.yaml", "experiments/tiny.yaml"]
+    assert check_config_keys([CONFIGS / "train.yaml", *(CONFIGS / f for f in experiments)], {}) == []
+    (typo,) = check_config_keys([CONFIGS / "train.yaml", *(CONFIGS / f for f in experiments)], {"supervised_canvs": 1})
+    assert (
+        typo.startswith("supervised_canvs (command line) is not a setting of this bundle")
+        and "'supervised_canvas'" in typo
+    )
 
 
 # ---- checkpoints --------------------------------------------------------------------------------------------
@@ -234,36 +248,29 @@ def test_validate_run_lists_every_problem_at_once(tmp_path):
 
 # ---- in the bundle ------------------------------------------------------------------------------------------
 
-INITIALIZE = (
-    "$scsam_monai.validation.validate_run(class_names=@class_names, head=@head, datalist=@datalist, "
-    "splits=@checks#splits, labels=@checks#labels, sam_arch=@sam_arch, sam_checkpoint=@sam_checkpoint, "
-    "sam_allow_random_weights=@sam_allow_random_weights, mae_checkpoint=@mae_checkpoint, "
-    "mae_allow_random_weights=@mae_allow_random_weights, head_checkpoint=@checks#head_checkpoint, "
-    "large_files=@bundle_root + '/large_files.yml')"
-)
+
+def test_inference_needs_something_to_segment(tmp_path):
+    (unset,) = check_input(None)
+    assert "nothing to segment: set --input PATH" in unset and "--infer_split" in unset
+    (missing,) = check_input(tmp_path / "nope.tif")
+    assert f"input not found: {tmp_path / 'nope.tif'}" in missing
+    assert check_input(tmp_path) == [] and check_input(tmp_path / "*.tif") == []
+    assert check_input("s3://bucket/volume.n5") == []
+    with pytest.raises(ConfigValidationError, match="the inference cannot start: nothing to segment"):
+        require_input(None)
+    require_input(None, split="test")  # a datalist split instead of an input
 
 
-def _overlay(tmp_path: Path, check_only: bool) -> Path:
-    """The lines train.yaml gets for the check (until it has them itself), and a run id that only checks."""
-    config = yaml.safe_load((CONFIGS / "train.yaml").read_text())
-    initialize = [line for line in config["initialize"] if "validate_run" not in line]
-    overlay = {
-        "+imports": ["$import scsam_monai.validation"],
-        "checks": {"splits": ["training", "validation"], "labels": True, "head_checkpoint": None},
-        "initialize": [INITIALIZE, *initialize],
-        **({"check_only": "$print('RUN CHECKED')"} if check_only else {}),
-    }
-    path = tmp_path / "checks.yaml"
-    path.write_text(yaml.safe_dump(overlay))
-    return path
-
-
-def _run_bundle(tmp_path: Path, run_id: str, *args: str) -> subprocess.CompletedProcess:
-    configs = [str(CONFIGS / "train.yaml"), str(CONFIGS / "demo.yaml"), str(_overlay(tmp_path, run_id == "check_only"))]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--meta_file", str(CONFIGS / "metadata.json"),
-           "--config_file", str(configs), "--dataset_dir", str(tmp_path / "data"),
-           "--output_dir", str(tmp_path / "out"), *args]  # fmt: skip
-    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+def _run_bundle(tmp_path: Path, run_id: str, *args: str):
+    """train.yaml + demo.yaml (+ a run id that only checks) on a datalist in ``tmp_path/data``; may fail."""
+    configs = ["train.yaml", "demo.yaml"]
+    if run_id == "check_only":
+        (tmp_path / "checks.yaml").write_text("check_only: \"$print('RUN CHECKED')\"\n")
+        configs.append(str(tmp_path / "checks.yaml"))
+    overrides = {"dataset_dir": tmp_path / "data", "output_dir": tmp_path / "out"}
+    overrides.update(zip(args[::2], args[1::2], strict=True))
+    return run_bundle(run_id, configs, {k.lstrip("-"): v for k, v in overrides.items()}, cwd=tmp_path,
+                      timeout=300, check=False)  # fmt: skip
 
 
 def test_bundle_run_stops_at_start_with_the_problems(tmp_path):

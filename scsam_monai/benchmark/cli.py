@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from ..networks.precision import PRECISIONS
+from ..networks.sam_attention import SAM_ATTENTION_KINDS
 from .profiles import PROFILES, get_profile
 from .report import RATIO_KEYS
 from .run import SECTIONS, run_benchmark
@@ -28,6 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="skip the channels-last head")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--sam-precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="SAM encoder precision (default auto: bf16 on GPUs and on CPUs with native bf16, else fp32)",
+    )
+    p.add_argument(
+        "--sam-attention",
+        choices=SAM_ATTENTION_KINDS,
+        default="fused",
+        help="SAM encoder attention: fused (scaled_dot_product_attention) or segment-anything's reference",
+    )
     p.add_argument("--sam-checkpoint", help="SAM checkpoint (default: random weights)")
     p.add_argument("--mae-checkpoint", help="MAE checkpoint (default: random weights)")
     g = p.add_argument_group("profile overrides")
@@ -71,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         channels_last=args.channels_last,
         threads=args.threads,
         memory_timeout=args.memory_timeout,
+        sam_precision=args.sam_precision,
+        sam_attention=args.sam_attention,
     )
     for key in RATIO_KEYS:
         value = report["ratios"][key]

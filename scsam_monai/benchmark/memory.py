@@ -45,6 +45,8 @@ def _worker(args: argparse.Namespace) -> dict:
         sam_checkpoint=args.sam_checkpoint,
         mae_checkpoint=args.mae_checkpoint,
         device=device,
+        sam_precision=args.sam_precision,
+        sam_attention=args.sam_attention,
     )
     options = {"batch_size": args.batch_size, "device": device, "amp": amp_dtype is not None, "progress": False}
     if amp_dtype is not None:
@@ -95,6 +97,8 @@ def measure_volume_memory(
     image_size: int,
     device: torch.device | str,
     amp_dtype: torch.dtype | None,
+    sam_precision: str = "auto",
+    sam_attention: str = "fused",
     threads: int | None = None,
     sam_checkpoint: str | None = None,
     mae_checkpoint: str | None = None,
@@ -111,6 +115,8 @@ def measure_volume_memory(
         image_size: side of the square slices.
         device: where the model runs.
         amp_dtype: autocast dtype on CUDA, or None.
+        sam_precision: the SAM encoder's ``precision``.
+        sam_attention: the SAM encoder's ``attention``.
         threads: torch threads in the child process (None: torch's default).
         sam_checkpoint: SAM checkpoint or None (random weights).
         mae_checkpoint: MAE checkpoint or None.
@@ -133,6 +139,8 @@ def measure_volume_memory(
         f"--image-size={image_size}",
         f"--device={device}",
         f"--amp={'none' if amp_dtype is None else str(amp_dtype).replace('torch.', '')}",
+        f"--sam-precision={sam_precision}",
+        f"--sam-attention={sam_attention}",
     ]
     if threads:
         command.append(f"--threads={threads}")
@@ -163,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", default="none", help="autocast dtype on CUDA (bfloat16, float16) or none")
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--sam-precision", default="auto", help="the SAM encoder's precision")
+    parser.add_argument("--sam-attention", default="fused", help="the SAM encoder's attention")
     args = parser.parse_args(argv)
     if args.slices < 1 or args.factor < 1:
         parser.error("--slices and --factor must be >= 1")

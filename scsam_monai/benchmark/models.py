@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from ..networks.build import build_scsam_head
 from ..networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
-from ..networks.scsam import ScSAM, ScSAMHead
+from ..networks.scsam import ScSAM
 
 __all__ = ["build_model", "describe_weights"]
 
@@ -18,6 +19,8 @@ def build_model(
     mae_checkpoint: str | None = None,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    sam_precision: str = "auto",
+    sam_attention: str = "fused",
 ) -> ScSAM:
     """Full ScSAM (frozen encoders + an untrained head: timings do not depend on the head's weights), in eval mode.
 
@@ -28,12 +31,21 @@ def build_model(
         mae_checkpoint: MAE checkpoint; None for random weights.
         device: where the model goes.
         seed: seed of the random weights.
+        sam_precision: the SAM encoder's ``precision`` (auto, bf16, fp16, fp32).
+        sam_attention: the SAM encoder's ``attention`` (fused, reference).
     """
-    sam = FrozenSamEncoder(arch=sam_arch, checkpoint=sam_checkpoint, allow_random_weights=not sam_checkpoint, seed=seed)
+    sam = FrozenSamEncoder(
+        arch=sam_arch,
+        checkpoint=sam_checkpoint,
+        allow_random_weights=not sam_checkpoint,
+        seed=seed,
+        precision=sam_precision,
+        attention=sam_attention,
+    )
     mae = FrozenMaeEncoder(arch=mae_arch, checkpoint=mae_checkpoint, allow_random_weights=not mae_checkpoint, seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        head = ScSAMHead(canvas_size=sam.img_size)
+        head = build_scsam_head(canvas_size=sam.img_size)
     return ScSAM(sam_encoder=sam, mae_encoder=mae, head=head).to(device).eval()
 
 

@@ -6,7 +6,18 @@ import json
 import math
 from pathlib import Path
 
-__all__ = ["RATIO_KEYS", "TARGETS", "compute_ratios", "check_targets", "write_report", "render_markdown"]
+from ..atomic import atomic_write_text
+
+__all__ = [
+    "RATIO_KEYS",
+    "TARGETS",
+    "DEVICE_TARGETS",
+    "matmul_fractions",
+    "compute_ratios",
+    "check_targets",
+    "write_report",
+    "render_markdown",
+]
 
 #: Ratio keys every ``benchmark.json`` carries (None when the section was not run), comparable across runs.
 RATIO_KEYS = (
@@ -16,15 +27,58 @@ RATIO_KEYS = (
     "batched_over_naive_training",
     "memory_1000_over_100_slices",
     "encoder_flops_fraction",
+    "sam_fraction_of_matmul",
+    "encoder_speedup_over_reference",
 )
 
-#: Targets of issue #9: ratio key -> (comparison, bound).
+#: Targets of issues #9 and #17 on every device: ratio key -> (comparison, bound).
 TARGETS = {
     "head_over_encoders": ("<=", 0.05),
     "full_over_encoders": ("<=", 1.2),
     "batched_over_naive_training": (">=", 3.0),
     "memory_1000_over_100_slices": ("<=", 1.05),
 }
+
+#: Targets of issue #17 that depend on the device type: the SAM encoder at least 2.5 x segment-anything's float32
+#: encoder on a CPU, and at least 0.35 of the bf16 matmul rate on a GPU.
+DEVICE_TARGETS = {
+    "cpu": {"encoder_speedup_over_reference": (">=", 2.5)},
+    "cuda": {"sam_fraction_of_matmul": (">=", 0.35)},
+}
+
+
+def matmul_fractions(flops: dict, seconds: dict, matmul: dict) -> dict:
+    """Achieved FLOP/s of the encoders and the head as fractions of the matmul rate of the dtype each ran in.
+
+    The SAM encoder is compared with the matmul rate of its own dtype (``matmul["sam"]``), the MAE encoder and the
+    head with that of the run's autocast dtype (``matmul["reference"]``). For both encoders together the fraction is
+    the time they would take at those rates over the time they took: ``(F_sam / R_sam + F_mae / R_mae) /
+    (t_sam + t_mae)``, which is FLOPs / time / rate when both use one dtype.
+
+    Args:
+        flops: FLOPs per image by stage (``sam_encoder``, ``mae_encoder``, ``head``).
+        seconds: summaries (with ``median``) of seconds per image by stage; ``sam_encoder_reference`` if timed.
+        matmul: :func:`.sections.flops_section`'s result.
+    """
+    rate_ref = matmul[matmul["reference"]]["flops_per_s"]
+    rate_sam = matmul[matmul.get("sam", matmul["reference"])]["flops_per_s"]
+    t_sam, t_mae = seconds["sam_encoder"]["median"], seconds["mae_encoder"]["median"]
+    f_sam, f_mae = flops["sam_encoder"], flops["mae_encoder"]
+    out = {
+        "encoder_flops_per_image": f_sam + f_mae,
+        "encoder_flops_per_s": (f_sam + f_mae) / (t_sam + t_mae),
+        "encoder_fraction_of_matmul": (f_sam / rate_sam + f_mae / rate_ref) / (t_sam + t_mae),
+        "sam_fraction_of_matmul": f_sam / t_sam / rate_sam,
+        "mae_fraction_of_matmul": f_mae / t_mae / rate_ref,
+        "head_fraction_of_matmul": flops["head"] / seconds["head"]["median"] / rate_ref,
+        "sam_dtype": matmul.get("sam", matmul["reference"]),
+        "reference_dtype": matmul["reference"],
+    }
+    if "sam_encoder_reference" in seconds:
+        out["sam_reference_fraction_of_float32_matmul"] = (
+            f_sam / seconds["sam_encoder_reference"]["median"] / matmul["float32"]["flops_per_s"]
+        )
+    return out
 
 
 def _median(section: dict | None, *path: str) -> float | None:
@@ -61,7 +115,10 @@ def compute_ratios(results: dict) -> dict:
             _ratio(memory[-1]["peak_rss_bytes"], memory[0]["peak_rss_bytes"]) if len(memory) >= 2 else None
         ),
         "encoder_flops_fraction": flops.get("encoder_fraction_of_matmul"),
+        "sam_fraction_of_matmul": flops.get("sam_fraction_of_matmul"),
+        "encoder_speedup_over_reference": _ratio(med.get("sam_encoder_reference"), med.get("sam_encoder")),
         # extra ratios
+        "encoder_speedup_over_reference_amp": _ratio(med.get("sam_encoder_reference_amp"), med.get("sam_encoder")),
         "head_channels_last_over_head": _ratio(med.get("head_channels_last"), med.get("head_warm")),
         "batched_over_naive_per_prompt_training": _ratio(
             _median(train, "batched", "images_per_s"), _median(train, "naive_per_prompt", "images_per_s")
@@ -80,10 +137,15 @@ def compute_ratios(results: dict) -> dict:
     return ratios
 
 
-def check_targets(ratios: dict) -> dict:
-    """Target -> ``{"target": "<= 0.05", "value": x, "met": bool | None}`` (None when not measured)."""
+def check_targets(ratios: dict, device_type: str | None = None) -> dict:
+    """Target -> ``{"target": "<= 0.05", "value": x, "met": bool | None}`` (None when not measured).
+
+    Args:
+        ratios: :func:`compute_ratios`'s result.
+        device_type: ``"cpu"`` or ``"cuda"`` adds that device's :data:`DEVICE_TARGETS`; None: only :data:`TARGETS`.
+    """
     out = {}
-    for key, (op, bound) in TARGETS.items():
+    for key, (op, bound) in {**TARGETS, **DEVICE_TARGETS.get(device_type or "", {})}.items():
         value = ratios.get(key)
         met = None if value is None else (value <= bound if op == "<=" else value >= bound)
         out[key] = {"target": f"{op} {bound:g}", "value": value, "met": met}
@@ -122,6 +184,14 @@ def render_markdown(report: dict) -> str:
     ]
     if report["random_weights"]:
         lines.append("- **Random weights**: timings only; no segmentation quality is implied.")
+    sam = (report.get("per_image") or {}).get("sam_encoder")
+    if sam:
+        lines.append(
+            f"- SAM encoder: {sam['attention']} attention, precision `{sam['precision']}` ({sam['dtype']}); "
+            f"reference: {sam['reference']}"
+            + (f" (also under {sam['reference_amp_dtype']} autocast)" if sam.get("reference_amp_dtype") else "")
+            + "."
+        )
     lines += ["", "## Ratios and targets", "", "| ratio | value | target | met |", "|---|---|---|---|"]
     for key, value in report["ratios"].items():
         target = report["targets"].get(key, {})
@@ -137,7 +207,8 @@ def render_markdown(report: dict) -> str:
             "|---|---|---|---|---|---|---|",
         ]
         for name, s in per["seconds_per_image"].items():
-            fl = per["flops_per_image"].get(name.replace("_channels_last", "").replace("_warm", ""))
+            base = name.replace("_channels_last", "").replace("_warm", "").replace("_reference_amp", "")
+            fl = per["flops_per_image"].get(base.replace("_reference", ""))
             rate = fl / s["median"] / 1e9 if fl else None
             lines.append(
                 f"| {name} | {_fmt(s['median'])} | {_fmt(s['min'])} | {_fmt(s['max'])} | {_fmt(s['iqr'])} | "
@@ -198,11 +269,21 @@ def render_markdown(report: dict) -> str:
         for name, m in flops["matmul"].items():
             if isinstance(m, dict):
                 lines.append(f"| {name} | {m['size']} | {_fmt(m['flops_per_s'] / 1e9)} |")
+        matmul = flops["matmul"]
         lines += [
             "",
             f"Encoders achieve {_fmt(flops['encoder_flops_per_s'] / 1e9 if flops.get('encoder_flops_per_s') else None)}"
-            f" GFLOP/s = **{_fmt(flops.get('encoder_fraction_of_matmul'))}** of the {flops['matmul']['reference']} "
-            "matmul throughput (FLOPs counted by `torch.utils.flop_counter`, 2 per multiply-add).",
+            f" GFLOP/s = **{_fmt(flops.get('encoder_fraction_of_matmul'))}** of the matmul throughput of the dtypes "
+            f"they ran in (SAM: {matmul.get('sam', matmul['reference'])}, MAE: {matmul['reference']}); the SAM "
+            f"encoder alone **{_fmt(flops.get('sam_fraction_of_matmul'))}**"
+            + (
+                f", segment-anything's float32 encoder {_fmt(flops['sam_reference_fraction_of_float32_matmul'])} of "
+                "the float32 rate"
+                if flops.get("sam_reference_fraction_of_float32_matmul")
+                else ""
+            )
+            + ". FLOPs counted by `torch.utils.flop_counter`, 2 per multiply-add; the SAM encoder's on "
+            "segment-anything's formulation (see the notes).",
         ]
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
@@ -214,6 +295,6 @@ def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / "benchmark.json", out / "benchmark.md"
-    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    md_path.write_text(render_markdown(report))
+    atomic_write_text(json_path, json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(md_path, render_markdown(report))
     return json_path, md_path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -12,6 +13,10 @@ from monai.data import DataLoader
 from ..data.embedding_cache import EmbeddingCache
 from ..data.embedding_dataset import cached_embedding_dataset
 from ..losses import ScSAMLoss
+from ..networks.build import build_scsam_head
+from ..networks.encoders import FrozenSamEncoder
+from ..networks.precision import dtype_name, precision_context
+from ..networks.sam_attention import reference_copy
 from ..networks.scsam import ScSAM, ScSAMHead
 from .measure import (
     autocast_context,
@@ -24,7 +29,21 @@ from .measure import (
 from .naive import naive_forward_with_aux
 from .profiles import BenchmarkProfile
 
-__all__ = ["per_image_inference", "head_training", "cache_read", "flops_section"]
+__all__ = [
+    "SAM_FLOP_RULE",
+    "reference_sam_encoder",
+    "per_image_inference",
+    "head_training",
+    "cache_read",
+    "flops_section",
+]
+
+#: How the SAM encoder's FLOPs are counted, on CPUs and GPUs alike (docs/performance.md uses the same rule).
+SAM_FLOP_RULE = (
+    "torch.utils.flop_counter on segment-anything's reference formulation, 2 per multiply-add: linear layers, "
+    "convolutions, q k^T, attention x v and the two relative-position einsums; softmax, bias additions and norms "
+    "not counted; the same count whichever attention kernel or dtype runs"
+)
 
 
 def _images(batch: int, size: int, device: torch.device, seed: int = 0) -> torch.Tensor:
@@ -34,9 +53,28 @@ def _images(batch: int, size: int, device: torch.device, seed: int = 0) -> torch
 
 def _head_like(head: ScSAMHead, **kwargs) -> ScSAMHead:
     """A head of the same shape and weights as ``head``, built with other speed switches."""
-    other = ScSAMHead(grid_size=head.grid_size, canvas_size=head.canvas_size, num_classes=head.num_classes, **kwargs)
+    other = build_scsam_head(
+        grid_size=head.grid_size, canvas_size=head.canvas_size, num_classes=head.num_classes, **kwargs
+    )
     other.load_state_dict(head.state_dict())
     return other.to(next(head.parameters()).device).eval()
+
+
+def reference_sam_encoder(encoder: FrozenSamEncoder) -> Callable[..., torch.Tensor]:
+    """segment-anything's ``ImageEncoderViT`` with ``encoder``'s weights (shared), as the product ran before.
+
+    Returns:
+        ``f(images, amp_dtype=None)``: the same preprocessing, then the reference ViT in float32 (autocast off, even
+        inside an outer autocast) or under autocast to ``amp_dtype``.
+    """
+    vit = reference_copy(encoder.encoder)
+
+    def run(images: torch.Tensor, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+        x = encoder.preprocess(images)
+        with precision_context(x.device, amp_dtype):
+            return vit(x).float()
+
+    return run
 
 
 def per_image_inference(
@@ -75,31 +113,42 @@ def per_image_inference(
     images = _images(batch, size, device)
     input_size = model.sam_encoder.input_size(size, size)
     amp = autocast_context(device, amp_dtype)
+    sam_reference = reference_sam_encoder(model.sam_encoder)
     with torch.inference_mode(), amp:
         flops = {}
-        flops["sam_encoder"], sam = count_flops(lambda: model.sam_encoder(images))
+        # one counting rule on every device: the SAM encoder's FLOPs are those of segment-anything's formulation
+        # (the fused kernel's are not seen by FlopCounterMode on CPU); see SAM_FLOP_RULE
+        flops["sam_encoder"], _ = count_flops(lambda: sam_reference(images))
+        sam = model.sam_encoder(images)
         flops["mae_encoder"], mae = count_flops(lambda: model.mae_encoder(images))
         head_kwargs = {"input_size": input_size, "original_size": (size, size)}
         flops["head"], _ = count_flops(lambda: model.head(sam, mae, **head_kwargs))
     flops["full"] = flops["sam_encoder"] + flops["mae_encoder"] + flops["head"]
+    busy: dict[str, list[tuple[float, float]]] = {}
 
     def timed(functions: dict[str, Callable]) -> dict[str, list[float]]:
-        def wrap(fn):
+        def wrap(name, fn):
             def call():
+                cpu, wall = time.process_time(), time.perf_counter()
                 with torch.inference_mode(), amp:
-                    return fn()
+                    out = fn()
+                busy.setdefault(name, []).append((time.process_time() - cpu, time.perf_counter() - wall))
+                return out
 
             return call
 
-        wrapped = {name: wrap(fn) for name, fn in functions.items()}
+        wrapped = {name: wrap(name, fn) for name, fn in functions.items()}
         return time_interleaved(wrapped, warmup=profile.warmup, repeats=profile.repeats, sync=sync)
 
     functions = {
         "sam_encoder": lambda: model.sam_encoder(images),
+        "sam_encoder_reference": lambda: sam_reference(images),
         "mae_encoder": lambda: model.mae_encoder(images),
         "head": lambda: model.head(sam, mae, **head_kwargs),
         "full": lambda: model(images),
     }
+    if amp_dtype is not None:  # today's GPU path: segment-anything's encoder under the run's autocast
+        functions["sam_encoder_reference_amp"] = lambda: sam_reference(images, amp_dtype=amp_dtype)
     samples = timed(functions)
     if channels_last:
         # A pair of its own: timed among the encoders, the head also pays for re-mapping the memory they freed
@@ -107,15 +156,27 @@ def per_image_inference(
         head_cl = _head_like(model.head, channels_last=True)
         pair = timed({"head_warm": functions["head"], "head_channels_last": lambda: head_cl(sam, mae, **head_kwargs)})
         samples.update(pair)
+    sam_dtype = model.sam_encoder.compute_dtype(device)
     result = {
         "batch": batch,
         "image_size": size,
         "seconds_per_image": {name: summarize(s, per=batch) for name, s in samples.items()},
         "flops_per_image": {name: f / batch for name, f in flops.items()},
+        "sam_encoder": {
+            "attention": model.sam_encoder.attention,
+            "precision": model.sam_encoder.precision,
+            "dtype": dtype_name(sam_dtype),
+            "reference": "segment_anything ImageEncoderViT (its own Attention), float32, the same weights",
+            "reference_amp_dtype": None if amp_dtype is None else dtype_name(amp_dtype),
+            "flop_rule": SAM_FLOP_RULE,
+        },
+        # process CPU seconds per wall second while each function ran (warm-up included): at most the torch
+        # threads when nothing oversubscribes the cores
+        "cpu_busy_threads": {
+            name: sum(c for c, _ in pairs) / max(1e-9, sum(w for _, w in pairs)) for name, pairs in busy.items()
+        },
     }
     if compile:
-        import time
-
         start = time.perf_counter()
         for module in (model.sam_encoder, model.mae_encoder):
             module.compile()
@@ -250,16 +311,30 @@ def cache_read(profile: BenchmarkProfile, *, grid: int = 64, batch: int | None =
     }
 
 
-def flops_section(device: torch.device, profile: BenchmarkProfile, amp_dtype: torch.dtype | None) -> dict:
-    """Section 4 (measurements): the machine's matmul throughput in float32, and in the autocast dtype on a GPU.
+def flops_section(
+    device: torch.device,
+    profile: BenchmarkProfile,
+    amp_dtype: torch.dtype | None,
+    sam_dtype: torch.dtype | None = None,
+) -> dict:
+    """Section 4 (measurements): the machine's matmul throughput in float32 and in every dtype the run computed in.
+
+    Args:
+        device: where to measure.
+        profile: matrix sizes.
+        amp_dtype: the run's autocast dtype (MAE encoder, head), or None for float32.
+        sam_dtype: the SAM encoder's compute dtype, or None for float32.
 
     Returns:
-        dtype name -> ``matmul_throughput`` result; ``reference`` names the dtype the encoders ran in.
+        dtype name -> ``matmul_throughput`` result (float32; bf16 and fp16 on a GPU; the SAM encoder's dtype on a
+        CPU); ``reference`` names the dtype of the MAE encoder and the head, ``sam`` that of the SAM encoder.
     """
     size = profile.matmul_size_cuda if device.type == "cuda" else profile.matmul_size
     result = {"float32": matmul_throughput(device, torch.float32, size)}
-    if device.type == "cuda":
-        for dtype in (torch.bfloat16, torch.float16):
-            result[str(dtype).replace("torch.", "")] = matmul_throughput(device, dtype, size)
-    result["reference"] = "float32" if amp_dtype is None else str(amp_dtype).replace("torch.", "")
+    dtypes = [torch.bfloat16, torch.float16] if device.type == "cuda" else []
+    dtypes += [d for d in (amp_dtype, sam_dtype) if d is not None and d not in dtypes]
+    for dtype in dtypes:
+        result[dtype_name(dtype)] = matmul_throughput(device, dtype, size)
+    result["reference"] = dtype_name(amp_dtype)
+    result["sam"] = dtype_name(sam_dtype)
     return result

@@ -1,28 +1,18 @@
-"""Data of scsam-monai: readers, preparation of EM volumes, synthetic EM, the embedding cache and its datasets.
+"""Data of scsam-monai: reading and writing EM files, preparing EM volumes, synthetic EM, the embedding cache.
 
-Names are imported lazily, so that command-line tools that only read and write files (``scsam-prepare``,
-``scsam-synthetic``) start without importing torch and MONAI.
+Subpackages and modules, each the one home of its names:
+
+- :mod:`.formats`: the table of file formats (suffixes, container markers) that readers and writers share;
+- :mod:`.readers`: :func:`~.readers.open_volume` and :func:`~.readers.read_image_2d` over every format EM data
+  come in, and :class:`~.readers.DataPreparationError`;
+- :mod:`.writers`: label and probability maps written slice by slice in those formats;
+- :mod:`.normalize`: intensity windows and :func:`~.normalize.normalize_slice`;
+- :mod:`.palette`: the class colours of every overlay;
+- :mod:`.preparation`: ``scsam-prepare`` (:func:`~.preparation.prepare_dataset`); :mod:`.betaseg`: the
+  BetaSeg download; :mod:`.synthetic`: the embedded synthetic data set;
+- :mod:`.transforms`, :mod:`.embedding_cache`, :mod:`.embedding_dataset`: the MONAI pipeline of the cached
+  encoder embeddings.
+
+The package itself exports nothing: import each name from its module (one path per name), so that command-line
+tools that only read and write files (``scsam-prepare``, ``scsam-synthetic``) start without torch and MONAI.
 """
-
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "EmbeddingCache": ".embedding_cache",
-    "transform_fingerprint": ".embedding_cache",
-    "cached_embedding_dataset": ".embedding_dataset",
-    "precompute_embeddings": ".embedding_dataset",
-    "open_volume": ".io",
-    "DataPreparationError": ".io",
-    "prepare_dataset": ".prepare",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

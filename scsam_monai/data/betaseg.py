@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..hashing import sha256_file
-from .io import DataPreparationError, natural_key
+from .readers import DataPreparationError, natural_key
 
 __all__ = [
     "ARCHIVE_URL",

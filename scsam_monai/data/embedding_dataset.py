@@ -14,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .embedding_cache import EmbeddingCache, array_sha256, transform_fingerprint
-from .io import DataPreparationError
+from .readers import DataPreparationError
 from .transforms import LabelToMaskGridd, LoadCachedArrayd, as_size_tensor
 
 __all__ = ["precompute_embeddings", "cached_embedding_dataset", "check_item", "EMBEDDING_KEYS"]

@@ -10,8 +10,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from ..networks.geometry import resize_longest_and_pad
-from .imageio import read_image_2d
-from .io import DataPreparationError
+from .readers import DataPreparationError, read_image_2d
 
 __all__ = [
     "LoadImage2Dd",
@@ -26,9 +25,10 @@ __all__ = [
 class LoadImage2Dd(MapTransform):
     """Read 2D images named under ``keys`` as ``(H, W)`` arrays (row-major, as the file stores them).
 
-    MONAI's ``LoadImage`` returns 2D images transposed (W, H) by its ITK/PIL convention; reading TIFF with
-    tifffile and other formats through :func:`read_image_2d` keeps images, labels and written predictions in
-    the same (H, W) orientation. The path is kept under ``<key>_path``.
+    MONAI's ``LoadImage`` returns 2D images transposed (W, H) by its ITK/PIL convention; reading through the
+    package's readers (:func:`~scsam_monai.data.readers.read_image_2d`: TIFF with tifffile, PNG/JPEG/BMP with
+    Pillow, ...) keeps images, labels and written predictions in the same (H, W) orientation.
+    The path is kept under ``<key>_path``.
 
     Args:
         keys: keys holding file paths.

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from . import batch, checkpoint, distributed, handlers, inference, resume, train_step, volume_inference
+from . import batch, distributed, handlers, inference, resume, train_step, volume_inference
 from .batch import EmbeddingBatch
-from .checkpoint import load_head_weights
 from .train_step import ScSAMTrainStep
 
 __all__ = [
     "batch",
-    "checkpoint",
     "distributed",
     "handlers",
     "inference",
@@ -18,5 +16,4 @@ __all__ = [
     "volume_inference",
     "EmbeddingBatch",
     "ScSAMTrainStep",
-    "load_head_weights",
 ]

@@ -17,18 +17,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
+from tqdm._monitor import TMonitor
 
 from ..data.embedding_dataset import precompute_embeddings
 
 __all__ = [
     "DistributedError",
     "WeightConsistencyCheck",
+    "destroy_distributed",
     "distributed_device",
     "init_distributed",
     "is_distributed",
@@ -96,9 +99,30 @@ def init_distributed(backend: str | None = None) -> int:
 
 
 def destroy_distributed() -> None:
-    """Leave the process group, if any (the bundle's ``finalize``)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group at the end of a run (the bundle's ``finalize``): all ranks together, exactly once.
+
+    A rank that finished its epochs used to destroy its group and exit while rank 0 was still writing the final
+    checkpoints, with the gloo worker threads that ran its last collectives still alive (``DistributedDataParallel``
+    keeps the backend, and so its threads, alive after ``destroy_process_group``). Interpreter shutdown then
+    raced those threads: rank 1 died with ``terminate called without an active exception`` (SIGABRT) and
+    ``torchrun`` killed rank 0. Now every rank first waits at a barrier until all ranks have finished, and all
+    their earlier collectives have completed; the tqdm monitor thread is stopped; then the group is destroyed.
+    A second call, or a call outside a distributed run, does nothing.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_world_size() > 1:
+        dist.barrier()
+    _stop_progress_monitor()
+    dist.destroy_process_group()
+    logger.debug("Left the process group.")
+
+
+def _stop_progress_monitor() -> None:
+    """Stop and join tqdm's monitor thread (a daemon thread the embedding precompute's progress bar starts)."""
+    for thread in threading.enumerate():
+        if isinstance(thread, TMonitor) and thread is not threading.current_thread():
+            thread.exit()
 
 
 def _raise_if_any_rank_failed(error: BaseException | None) -> None:

@@ -1,4 +1,4 @@
-"""Ignite handlers of scsam-monai: parameter count, learning curve, metrics report, overlays, label maps.
+"""Ignite handlers of scsam-monai: parameter count, learning curve, metrics report, overlays.
 
 MONAI's handlers cover statistics, TensorBoard, validation, checkpoints and LR schedules; these add what
 users of this bundle want to look at afterwards, written atomically.
@@ -17,6 +17,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
 
 from ..atomic import atomic_save_figure, atomic_write_json, atomic_write_text
+from ..data.palette import class_colour, colourise, display_image
 from ..networks.scsam import count_trainable_parameters
 
 __all__ = [
@@ -26,17 +27,12 @@ __all__ = [
     "LearningCurve",
     "MetricsReport",
     "OverlayWriter",
-    "LabelMapWriter",
     "format_metrics_markdown",
 ]
 
 logger = logging.getLogger(__name__)
 
 PAPER_TRAINABLE_PARAMETERS = 27.6e6
-# Colours of label values 1..: nucleus, mitochondria, granules, then more for other data sets.
-_CLASS_COLOURS = np.array(
-    [[0.12, 0.47, 0.71], [0.89, 0.10, 0.11], [1.00, 0.80, 0.00], [0.17, 0.63, 0.17], [0.58, 0.40, 0.74]]
-)
 
 
 def _matplotlib():
@@ -67,10 +63,15 @@ class TrainableParameterLogger:
 
     Args:
         frozen_modules: modules that run frozen beside it (the encoders), counted as frozen.
+        paper_parameters: the trainable parameters a paper reports for this very model, logged beside ours
+            (``PAPER_TRAINABLE_PARAMETERS`` for ScSAM); None for any other network (baselines, variants).
     """
 
-    def __init__(self, frozen_modules: Sequence[torch.nn.Module | None] = ()) -> None:
+    def __init__(
+        self, frozen_modules: Sequence[torch.nn.Module | None] = (), paper_parameters: float | None = None
+    ) -> None:
         self.frozen_modules = [m for m in frozen_modules if m is not None]
+        self.paper_parameters = paper_parameters
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self)
@@ -81,12 +82,8 @@ class TrainableParameterLogger:
         frozen = sum(p.numel() for p in network.parameters() if not p.requires_grad)
         frozen += sum(p.numel() for m in self.frozen_modules for p in m.parameters())
         engine.state.trainable_parameters = trainable
-        logger.info(
-            "Trainable parameters: %.2fM (paper: %.1fM); frozen parameters: %.2fM.",
-            trainable / 1e6,
-            PAPER_TRAINABLE_PARAMETERS / 1e6,
-            frozen / 1e6,
-        )
+        paper = f" (paper: {self.paper_parameters / 1e6:.1f}M)" if self.paper_parameters is not None else ""
+        logger.info("Trainable parameters: %.2fM%s; frozen parameters: %.2fM.", trainable / 1e6, paper, frozen / 1e6)
 
 
 class LearningCurve:
@@ -227,22 +224,6 @@ class MetricsReport:
         logger.info("Metrics written to %s", self.output_dir / "metrics.json")
 
 
-def _display(image: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(image, (0.5, 99.5))
-    return np.clip((image.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1)
-
-
-def _colourise(image: np.ndarray, label: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    rgb = np.repeat(_display(image)[..., None], 3, axis=-1)
-    for value in np.unique(label):
-        if value == 0:
-            continue
-        colour = _CLASS_COLOURS[(int(value) - 1) % len(_CLASS_COLOURS)]
-        mask = label == value
-        rgb[mask] = (1 - alpha) * rgb[mask] + alpha * colour
-    return rgb
-
-
 def _batch_paths(engine: Engine, key: str = "image_path") -> list[str]:
     """Image paths of the current batch, whether MONAI decollated it (list of dicts) or not (dict of lists)."""
     batch = engine.state.batch
@@ -286,7 +267,7 @@ class OverlayWriter:
         engine.add_event_handler(Events.COMPLETED, self._write)
 
     def _collect(self, engine: Engine) -> None:
-        from ..data.imageio import read_image_2d
+        from ..data.readers import read_image_2d
 
         outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
         paths = _batch_paths(engine)
@@ -310,58 +291,17 @@ class OverlayWriter:
         fig, axes = plt.subplots(len(self.rows), cols, figsize=(3.2 * cols, 3.2 * len(self.rows)), squeeze=False)
         titles = ["image", "ground truth", "prediction"] if has_label else ["image", "prediction"]
         for r, (name, image, label, pred) in enumerate(self.rows):
-            panels = [np.repeat(_display(image)[..., None], 3, axis=-1)]
+            panels = [np.repeat(display_image(image)[..., None], 3, axis=-1)]
             if has_label:
-                panels.append(_colourise(image, label if label is not None else np.zeros_like(pred)))
-            panels.append(_colourise(image, pred))
+                panels.append(colourise(image, label if label is not None else np.zeros_like(pred)))
+            panels.append(colourise(image, pred))
             for c, panel in enumerate(panels):
                 axes[r, c].imshow(panel)
                 axes[r, c].set_axis_off()
                 axes[r, c].set_title(f"{titles[c]}" + (f"\n{name}" if c == 0 else ""), fontsize=8)
-        handles = [
-            plt.Rectangle((0, 0), 1, 1, color=_CLASS_COLOURS[(i - 1) % len(_CLASS_COLOURS)])
-            for i in range(1, len(self.class_names))
-        ]
+        handles = [plt.Rectangle((0, 0), 1, 1, color=class_colour(i)) for i in range(1, len(self.class_names))]
         fig.legend(handles, self.class_names[1:], loc="lower center", ncol=len(handles), fontsize=8)
         fig.tight_layout(rect=(0, 0.04, 1, 1))
         atomic_save_figure(self.output_dir / self.filename, fig)
         plt.close(fig)
         logger.info("Overlay written to %s", self.output_dir / self.filename)
-
-
-class LabelMapWriter:
-    """Write each prediction as an integer label map TIFF named after its image (``<stem>_seg.tif``).
-
-    Args:
-        output_dir: destination folder.
-        suffix: appended to the image's stem.
-    """
-
-    def __init__(self, output_dir: str | Path, suffix: str = "_seg") -> None:
-        self.output_dir = Path(output_dir)
-        self.suffix = suffix
-        self.written: list[Path] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        import tifffile
-
-        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
-        paths = _batch_paths(engine)
-        for output, path in zip(outputs, paths, strict=True):
-            pred = _squeeze_map(output["pred"])
-            dtype = np.uint8 if pred.max(initial=0) < 256 else np.uint16
-            target = self.output_dir / f"{Path(path).name.split('.')[0]}{self.suffix}.tif"
-            self.written.append(_write_tiff(target, pred.astype(dtype), tifffile))
-
-
-def _write_tiff(path: Path, array: np.ndarray, tifffile) -> Path:
-    import io
-
-    from ..atomic import atomic_write
-
-    buffer = io.BytesIO()  # tifffile wants a named file or a buffer; the atomic temp file is an fd
-    tifffile.imwrite(buffer, array)
-    return atomic_write(path, lambda h: h.write(buffer.getvalue()))

@@ -1,14 +1,11 @@
-"""Helpers of the inference workflow: which images to segment, and batches of plain images."""
+"""Helper of the inference workflow: which images to segment (a folder, one image, or a datalist split)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 
-import torch
-
-__all__ = ["image_list", "prepare_images"]
+__all__ = ["image_list"]
 
 
 def image_list(
@@ -51,14 +48,3 @@ def image_list(
     if not items:
         raise ValueError(f"No image to segment in {input_dir} matching {pattern!r}.")
     return items
-
-
-def prepare_images(
-    batchdata: Mapping[str, torch.Tensor], device: torch.device | str | None = None, non_blocking: bool = False, **_
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``prepare_batch`` for image-level inference: the image, and the label when the item has one."""
-    image = torch.as_tensor(batchdata["image"]).to(device=device, non_blocking=non_blocking)
-    label = batchdata.get("label")
-    if label is not None:
-        label = torch.as_tensor(label).to(device=device, non_blocking=non_blocking)
-    return image, label

@@ -1,86 +1,140 @@
 """Streaming slice-wise inference: a volume of any number of slices through the full ScSAM in bounded memory.
 
-:func:`segment_slices` pulls 2D slices from any iterable (a generator reading a TIFF stack page by page, a
-memory-mapped array, a list), normalises each one like the bundle's inference preprocessing (intensities scaled
-to [0, 1] between the 0.5th and 99.5th percentiles, clipped), runs the model on batches of slices, merges the
-per-class logits into label maps (:func:`~scsam_monai.data.transforms.merge_class_logits`) and hands every label
-map to a ``writer`` callback, in input order. Neither the inputs nor the outputs are accumulated: at most
-``batch_size * (prefetch + 2)`` slices are read ahead of the last one written, so memory does not grow with the
-number of slices.
-A background thread reads and normalises the next batches while the model runs on the current one.
+:func:`segment_slices` pulls 2D slices from a :class:`~scsam_monai.data.readers.Volume` or any iterable (a
+generator, a memory-mapped array, a list), normalises each one as the model was trained (``image_normalization``,
+see :mod:`scsam_monai.data.normalize`), runs the model on batches of slices, merges the per-class logits into label
+maps (:func:`~scsam_monai.data.transforms.merge_class_logits`) and hands every label map to a ``writer`` callback,
+in input order. Three stages overlap so that the model never waits for the disk:
+
+- a **reader thread** reads and normalises batch k+1 (into pinned memory on a GPU) while the model runs batch k;
+- the **model** runs in the calling thread; on a GPU the next batch is copied to the device on a side stream
+  (``non_blocking``), and the label maps come back to pinned memory without stopping the device;
+- a **writer thread** hands the label maps of batch k-1 to ``writer`` (disk writes, compression) meanwhile.
+
+The queues between the stages are bounded (``prefetch`` and ``writeback`` batches), so at most
+``batch_size * (prefetch + writeback + 3)`` slices are in flight between the last one read and the last one
+written, whatever the number of slices: memory does not grow with the volume. An exception in either thread
+stops the run and is raised in the caller's thread (a failed read of a :class:`Volume` names the file and the
+slice); no further label map reaches ``writer`` after a failure.
 
 Example::
 
-    import tifffile
+    from scsam_monai.data.readers import open_volume
     from scsam_monai.engines.volume_inference import segment_slices
 
-    with tifffile.TiffFile("volume.tif") as tif, tifffile.TiffWriter("volume_seg.tif") as out:
-        segment_slices(
-            model,
-            (page.asarray() for page in tif.pages),
-            batch_size=8,
-            writer=lambda index, label: out.write(label, contiguous=True),
-        )
+    with open_volume("volume.tif") as volume:
+        segment_slices(model, volume, image_normalization="prepared", writer=lambda index, label: ...)
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing, nullcontext
 from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import ScaleIntensityRangePercentiles
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.normalize import (
+    IntensityWindow,
+    SliceNormalizer,
+    check_image_normalization,
+    measure_volume_window,
+    volume_window,
+)
+from ..data.readers import DataPreparationError, Volume
 from ..data.transforms import merge_class_logits
 
-__all__ = ["normalize_slice", "segment_slices"]
+__all__ = ["segment_slices", "resolve_window", "volume_slices"]
 
-_NORMALIZE = ScaleIntensityRangePercentiles(lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
 _DONE = object()
+_POLL_S = 0.1
 
 
-def normalize_slice(image: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """One slice as the bundle's inference preprocessing gives it to the model: ``(1, H, W)`` float32 in [0, 1].
+def volume_slices(volume: Volume) -> Iterator[np.ndarray]:
+    """The z slices of ``volume`` in order; a failed read names the file and the slice."""
+    depth = volume.shape[0]
+    for index in range(depth):
+        try:
+            yield volume.read_slice(index)
+        except Exception as err:
+            text = str(err)
+            text = text[len(volume.source) + 2 :] if text.startswith(f"{volume.source}: ") else text
+            raise DataPreparationError(f"{volume.source}: slice {index} (of {depth}) cannot be read: {text}") from err
 
-    Intensities are scaled between the slice's 0.5th and 99.5th percentiles and clipped (MONAI's
-    ``ScaleIntensityRangePercentiles(lower=0.5, upper=99.5, b_min=0, b_max=1, clip=True)``, as in
-    ``bundle/configs/inference.yaml``).
 
-    Args:
-        image: a 2D slice ``(H, W)`` or ``(1, H, W)`` of any real dtype.
+def resolve_window(
+    slices: Volume | Iterable,
+    image_normalization: str,
+    window: IntensityWindow | None = None,
+    *,
+    workers: int = 4,
+) -> IntensityWindow | None:
+    """The intensity window slices are normalised with: None for ``per_image`` (each slice its own percentiles).
+
+    For ``prepared``: ``window`` when given, else the per-volume window of ``slices`` measured in one streaming
+    pass exactly as ``scsam-prepare`` measures a cell (:func:`~scsam_monai.data.normalize.measure_volume_window`
+    over all z slices of a :class:`Volume`, or :func:`~scsam_monai.data.normalize.volume_window` over a sequence
+    that can be read twice). A 2D image is a volume of one slice.
+
+    Raises:
+        ValueError: an unknown ``image_normalization``, or ``prepared`` for a one-shot iterator without a window.
     """
-    x = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
-    if x.ndim == 3 and x.shape[0] == 1:
-        x = x[0]
-    if x.ndim != 2:
-        raise ValueError(f"Expected a 2D slice (H, W) or (1, H, W), got shape {tuple(x.shape)}.")
-    x = _NORMALIZE(x.to(torch.float32)[None])
-    return torch.as_tensor(x, dtype=torch.float32).contiguous()
+    check_image_normalization(image_normalization)
+    if image_normalization == "per_image" or window is not None:
+        return window
+    if isinstance(slices, Volume):
+        return measure_volume_window(slices, workers=workers)
+    if isinstance(slices, (Sequence, np.ndarray, torch.Tensor)):
+        return volume_window((_as_2d(s) for s in slices), source="the slices given to segment_slices")
+    raise ValueError(
+        "image_normalization='prepared' needs the whole volume's intensity window before the first slice: pass "
+        "window= (scsam_monai.data.normalize.measure_volume_window), a Volume, or a sequence that can be read twice."
+    )
 
 
-def _batches(slices: Iterable, batch_size: int, normalize: bool) -> Iterator[tuple[int, torch.Tensor]]:
+def _as_2d(image: np.ndarray | torch.Tensor) -> np.ndarray:
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise ValueError(f"Expected a 2D slice (H, W) or (1, H, W), got shape {tuple(array.shape)}.")
+    return array
+
+
+def _batch(images: list[np.ndarray], normalizer: SliceNormalizer | None, pin: bool) -> torch.Tensor:
+    """``(b, 1, H, W)`` float32 of the slices, normalised straight into the batch (pinned memory on a GPU)."""
+    batch = torch.empty((len(images), 1, *images[0].shape), dtype=torch.float32, pin_memory=pin)
+    target = batch.numpy()
+    for i, image in enumerate(images):
+        if normalizer is None:
+            target[i, 0] = image
+        else:
+            normalizer(image, out=target[i, 0])
+    return batch
+
+
+def _batches(
+    slices: Iterable, batch_size: int, normalizer: SliceNormalizer | None, pin: bool
+) -> Iterator[tuple[int, torch.Tensor]]:
     """Consecutive batches ``(first index, (b, 1, H, W))``; a slice of another size starts a new batch."""
-    pending: list[torch.Tensor] = []
+    pending: list[np.ndarray] = []
     first = 0
     for index, image in enumerate(slices):
-        x = normalize_slice(image) if normalize else torch.as_tensor(np.asarray(image), dtype=torch.float32)
-        if x.ndim == 2:
-            x = x[None]
-        if pending and x.shape != pending[0].shape:
-            yield first, torch.stack(pending)
+        array = _as_2d(image)
+        if pending and array.shape != pending[0].shape:
+            yield first, _batch(pending, normalizer, pin)
             pending, first = [], index
-        pending.append(x)
+        pending.append(array)
         if len(pending) == batch_size:
-            yield first, torch.stack(pending)
+            yield first, _batch(pending, normalizer, pin)
             pending, first = [], index + 1
     if pending:
-        yield first, torch.stack(pending)
+        yield first, _batch(pending, normalizer, pin)
 
 
 def _prefetched(batches: Iterator, depth: int) -> Iterator:
@@ -96,7 +150,7 @@ def _prefetched(batches: Iterator, depth: int) -> Iterator:
             for item in batches:
                 while not stop.is_set():
                     try:
-                        buffer.put(item, timeout=0.1)
+                        buffer.put(item, timeout=_POLL_S)
                         break
                     except queue.Full:
                         continue
@@ -118,7 +172,89 @@ def _prefetched(batches: Iterator, depth: int) -> Iterator:
             yield item
     finally:
         stop.set()
-        worker.join(timeout=5)
+        worker.join(timeout=60)
+
+
+class _WriteBack:
+    """Hands label maps to ``writer`` from a thread, in order, at most ``depth`` batches behind the model.
+
+    Items are ``(first index, labels, probabilities or None, CUDA event or None)``; the event is waited for
+    before the host copies are read. ``depth`` 0 writes in the caller's thread.
+    """
+
+    def __init__(self, writer: Callable[..., Any], depth: int, with_probabilities: bool) -> None:
+        self.writer, self.with_probabilities = writer, with_probabilities
+        self.written = 0
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+        self.queue: queue.Queue | None = queue.Queue(maxsize=depth) if depth > 0 else None
+        self.thread: threading.Thread | None = None
+        if self.queue is not None:
+            self.thread = threading.Thread(target=self._run, name="segment_slices-writer", daemon=True)
+            self.thread.start()
+
+    def _write(self, item: tuple) -> None:
+        first, labels, probabilities, event = item
+        if event is not None:
+            event.synchronize()
+        labels = labels.numpy() if isinstance(labels, torch.Tensor) else labels
+        if labels.dtype == np.int32:  # more than 255 classes
+            labels = labels.astype(np.uint16)
+        if isinstance(probabilities, torch.Tensor):
+            probabilities = probabilities.numpy()
+        for offset, label in enumerate(labels):
+            if self.stop.is_set():
+                return
+            if self.with_probabilities:
+                self.writer(first + offset, label, probabilities[offset])
+            else:
+                self.writer(first + offset, label)
+            self.written += 1
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                try:
+                    item = self.queue.get(timeout=_POLL_S)  # type: ignore[union-attr]
+                except queue.Empty:
+                    continue
+                if item is _DONE:
+                    return
+                self._write(item)
+        except BaseException as err:  # noqa: BLE001 - raised in the caller's thread by put/finish
+            self.error = err
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def put(self, item: Any) -> None:
+        """Queue a batch (or write it now without a thread); raises the writer thread's error, if any."""
+        if self.queue is None:
+            if item is not _DONE:
+                self._write(item)
+            return
+        while True:
+            self._raise()
+            try:
+                self.queue.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> int:
+        """Wait until every queued label map is written; the number written."""
+        self.put(_DONE)
+        if self.thread is not None:
+            self.thread.join()
+        self._raise()
+        return self.written
+
+    def cancel(self) -> None:
+        """Stop writing (after a failure elsewhere): nothing more reaches ``writer``; waits for the thread."""
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -129,18 +265,31 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _to_host(tensor: torch.Tensor, cuda: bool) -> torch.Tensor:
+    """``tensor`` copied to (pinned) host memory without waiting for the device (record an event after it)."""
+    if not cuda:
+        return tensor
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    return host
+
+
 def segment_slices(
     model: nn.Module,
-    slices: Iterable[np.ndarray | torch.Tensor],
+    slices: Volume | Iterable[np.ndarray | torch.Tensor],
     *,
-    writer: Callable[[int, np.ndarray], Any],
+    writer: Callable[..., Any],
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     amp: bool = True,
     amp_dtype: torch.dtype | None = None,
     threshold: float = 0.5,
     normalize: bool = True,
-    prefetch: int = 1,
+    image_normalization: str = "per_image",
+    window: IntensityWindow | None = None,
+    probabilities: bool = False,
+    prefetch: int = 2,
+    writeback: int = 2,
     progress: bool = True,
     total: int | None = None,
 ) -> int:
@@ -149,9 +298,12 @@ def segment_slices(
     Args:
         model: image-to-logits model, ``(B, 1, H, W)`` in [0, 1] -> ``(B, C, H, W)`` (a
             :class:`~scsam_monai.networks.scsam.ScSAM`); it is put in eval mode.
-        slices: 2D slices ``(H, W)`` (or ``(1, H, W)``), consumed lazily, once; a generator is never materialised.
+        slices: a :class:`~scsam_monai.data.readers.Volume` (its z slices; a failed read names the file and the
+            slice), or 2D slices ``(H, W)`` (or ``(1, H, W)``) consumed lazily, once; a generator is never
+            materialised.
         writer: called as ``writer(index, label)`` for every slice, index from 0, label ``(H, W)`` uint8 (uint16
-            above 255 classes): 0 background, 1..C classes.
+            above 255 classes): 0 background, 1..C classes; ``writer(index, label, probabilities)`` with
+            ``probabilities=True`` (``(C, H, W)`` float32 sigmoid probabilities). Runs in the writer thread.
         batch_size: slices per model call (consecutive slices of one size; a slice of another size starts a new
             batch, so the last batch of a run may be partial); None for 8 on a GPU and 1 on a CPU (where bigger
             batches are slower per slice, see ``docs/performance.md``).
@@ -159,42 +311,71 @@ def segment_slices(
         amp: autocast on CUDA (ignored on other devices).
         amp_dtype: autocast dtype; None for bfloat16 where the GPU supports it, else float16.
         threshold: sigmoid probability a class needs to win a pixel (see ``merge_class_logits``).
-        normalize: scale each slice to [0, 1] by its 0.5/99.5 percentiles (:func:`normalize_slice`); False when
-            the slices are already in [0, 1].
-        prefetch: batches read and normalised ahead in a background thread (0: none, all in this thread).
+        normalize: normalise the slices as ``image_normalization`` says; False when they are already in [0, 1].
+        image_normalization: what the model was trained with (``train.yaml``): ``"per_image"`` scales each slice
+            by its own 0.5/99.5 percentiles; ``"prepared"`` maps every slice through one per-volume window, as
+            ``scsam-prepare`` normalised the training slices (see :func:`resolve_window`).
+        window: the per-volume window for ``"prepared"`` (measured from ``slices`` when None).
+        probabilities: also pass each slice's per-class sigmoid probabilities to ``writer``.
+        prefetch: batches read and normalised ahead in the reader thread (0: none, all in this thread).
+        writeback: batches of label maps queued for the writer thread (0: ``writer`` runs in this thread).
         progress: show a progress bar.
         total: number of slices for the progress bar (taken from ``len(slices)`` when it has one).
 
     Returns:
         The number of slices segmented.
+
+    Raises:
+        ValueError: unknown ``image_normalization``, bad ``batch_size``, a slice that is not 2D.
+        DataPreparationError: a slice of a :class:`Volume` cannot be read (file and slice named).
+        Exception: whatever ``writer`` or the model raised.
     """
     device = torch.device(device) if device is not None else _model_device(model)
     if batch_size is None:
         batch_size = 8 if device.type == "cuda" else 1
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    check_image_normalization(image_normalization)
+    normalizer = SliceNormalizer(resolve_window(slices, image_normalization, window)) if normalize else None
+    if isinstance(slices, Volume):
+        total = slices.shape[0] if total is None else total
+        slices = volume_slices(slices)
+    elif total is None and hasattr(slices, "__len__"):
+        total = len(slices)  # type: ignore[arg-type]
     model.eval()
-    use_amp = amp and device.type == "cuda"
+    cuda = device.type == "cuda"
+    use_amp = amp and cuda
     if use_amp and amp_dtype is None:
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     autocast = torch.autocast(device_type="cuda", dtype=amp_dtype) if use_amp else nullcontext()
-    if total is None and hasattr(slices, "__len__"):
-        total = len(slices)  # type: ignore[arg-type]
-    pin = device.type == "cuda"
-    done = 0
-    with tqdm(total=total, desc="Segmenting slices", unit="slice", disable=not progress) as bar:
-        for first, batch in _prefetched(_batches(slices, batch_size, normalize), prefetch):
-            if pin:
-                batch = batch.pin_memory()
-            images = batch.to(device, non_blocking=pin)
-            with torch.inference_mode(), autocast:
-                logits = model(images)
-            labels = merge_class_logits(logits.float(), threshold)[:, 0]
-            dtype = np.uint8 if logits.shape[1] < 256 else np.uint16
-            labels = labels.to(torch.uint8 if dtype is np.uint8 else torch.int32).cpu().numpy().astype(dtype)
-            del images, logits, batch
-            for offset, label in enumerate(labels):
-                writer(first + offset, label)
-            done += len(labels)
-            bar.update(len(labels))
-    return done
+    compute = torch.cuda.current_stream(device) if cuda else None
+    copies = torch.cuda.Stream(device) if cuda else None
+    output = _WriteBack(writer, writeback, probabilities)
+    try:
+        reader = closing(_prefetched(_batches(slices, batch_size, normalizer, cuda), prefetch))
+        with tqdm(total=total, desc="Segmenting slices", unit="slice", disable=not progress) as bar, reader as batches:
+            for first, batch in batches:
+                if cuda:
+                    with torch.cuda.stream(copies):
+                        images = batch.to(device, non_blocking=True)
+                    compute.wait_stream(copies)
+                    images.record_stream(compute)
+                else:
+                    images = batch
+                with torch.inference_mode(), autocast:
+                    logits = model(images)
+                    merged = merge_class_logits(logits.float(), threshold)[:, 0]
+                    many = logits.shape[1] >= 256
+                    labels = _to_host(merged.to(torch.int32 if many else torch.uint8), cuda)
+                    probs = _to_host(torch.sigmoid(logits.float()), cuda) if probabilities else None
+                event = None
+                if cuda:
+                    event = torch.cuda.Event()
+                    event.record(compute)
+                del images, logits, merged, batch
+                output.put((first, labels, probs, event))
+                bar.update(len(labels))
+            return output.finish()
+    except BaseException:
+        output.cancel()
+        raise

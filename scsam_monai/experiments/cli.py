@@ -42,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Decathlon datalist with training/validation/test splits (default {DEFAULT_DATALIST}, the embedded "
         "synthetic set, written first when missing)",
     )
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="tiny", help="tiny (CPU minutes) or full (GPU)")
+    parser.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="tiny",
+        help="tiny (CPU minutes, a smoke test), small (2 CPU cores, <= ~30 min on 20 slices) or full (GPU)",
+    )
     parser.add_argument("--out", default="outputs/experiments", help="output folder (default outputs/experiments)")
     parser.add_argument(
         "--methods", help=f"comma-separated methods (default all): {', '.join(m.name for m in METHODS)}"
@@ -52,6 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--cache-dir", help="embedding cache (default: embedding_cache beside the datalist)")
     parser.add_argument("--no-cross-dataset", action="store_true", help="skip the cross-dataset rows")
+    parser.add_argument(
+        "--budget-per-slice",
+        type=int,
+        help="training samples per training slice for every trainable row (one sample = one augmented view of one "
+        "slice; default: the profile's)",
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        help="validations without a gain of validation mean Dice before a row stops (0: never; default: the profile's)",
+    )
     parser.add_argument(
         "--override",
         action="append",
@@ -88,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             cache_dir=args.cache_dir,
             cross_dataset=not args.no_cross_dataset,
             device=args.device,
+            budget_per_slice=args.budget_per_slice,
+            patience=args.patience,
         )
     except ValueError as err:
         print(f"run_experiments: error: {err}", file=sys.stderr)

@@ -1,13 +1,15 @@
 """The experiments' methods and groups: which bundle overlays make each row, and which tables it appears in.
 
-Every trainable row is ``train.yaml`` plus overlays from ``bundle/configs/experiments/`` plus a profile overlay
-(``tiny.yaml`` or ``full.yaml``), so a row reruns on its own with ``python -m monai.bundle run training``.
+Every trainable row is ``train.yaml`` plus overlays from ``bundle/configs/experiments/`` plus ``budget.yaml`` and a
+profile overlay (``tiny.yaml``, ``small.yaml`` or ``full.yaml``), so a row reruns on its own with
+``python -m monai.bundle run training``.
 A method that belongs to several groups (ScSAM is the reference row of every ablation) is trained once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["GROUPS", "METHODS", "CROSS_DATASET_METHODS", "Method", "select_methods"]
 
@@ -33,12 +35,15 @@ class Method:
         kind: ``"scsam"`` (a head on cached embeddings), ``"supervised"`` (a network on images) or ``"zero_shot"``.
         overlays: config files under ``bundle/configs/experiments`` applied after ``train.yaml``.
         groups: table -> the row's label in that table.
+        overrides: bundle overrides applied after the runner's ``--override`` values: what the row must keep
+            whatever the user passes for every row (the random-MAE twin keeps its random MAE).
     """
 
     name: str
     kind: str
     overlays: tuple[str, ...]
     groups: dict[str, str] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 _SUP = ("supervised.yaml",)
@@ -60,6 +65,13 @@ METHODS: tuple[Method, ...] = (
     Method("scsam_no_fafm", "scsam", ("scsam_no_fafm.yaml",), {"main": "ScSAM w/o FAFM", "fusion": "concat"}),
     Method("sam_only", "scsam", ("sam_only.yaml",), {"main": "SAM*"}),
     Method("mae_only", "scsam", ("mae_only.yaml",), {"main": "MAE*"}),
+    Method(
+        "mae_only_random",
+        "scsam",
+        ("mae_only.yaml", "mae_random.yaml"),
+        {"main": "MAE* (random MAE)"},
+        {"mae_checkpoint": None, "mae_allow_random_weights": True},
+    ),
     Method("surgicalsam", "scsam", ("surgicalsam.yaml",), {"main": "SurgicalSAM-style"}),
     Method("lambda_0.1", "scsam", ("lambda_0.1.yaml",), {"lambda": "lambda = 0.1"}),
     Method("lambda_0.3", "scsam", ("lambda_0.3.yaml",), {"lambda": "lambda = 0.3"}),

@@ -11,14 +11,48 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_save_figure, atomic_write_text
-from ..engines.handlers import _CLASS_COLOURS, _colourise, _display, _matplotlib
+from ..data.palette import class_colour, colourise, display_image
+from ..engines.handlers import _matplotlib
 from .registry import GROUPS
 
-__all__ = ["SCORE_COLUMNS", "table_rows", "write_csv", "format_markdown", "plot_learning_curves", "plot_qualitative"]
+__all__ = [
+    "SCORE_COLUMNS",
+    "COLUMN_DEFINITIONS",
+    "budget_lines",
+    "weights_lines",
+    "table_rows",
+    "write_csv",
+    "format_markdown",
+    "plot_learning_curves",
+    "plot_qualitative",
+]
 
-#: Score columns in the paper's order (Dice per class is inserted before ``dice_mean``).
-SCORE_COLUMNS = ("challenge_iou", "miou", "aji")
-_COST_COLUMNS = ("trainable_parameters", "time_to_best_s", "best_epoch", "inference_s_per_image")
+#: Score columns in the paper's order (Dice per class is inserted before ``dice_mean``): the pooled IoU and the
+#: class-mean IoU side by side, since "mIoU" is used for both in the literature.
+SCORE_COLUMNS = ("challenge_iou", "miou", "mc_iou", "aji")
+_COST_COLUMNS = (
+    "trainable_parameters",
+    "optimizer_steps",
+    "samples_seen",
+    "best_epoch",
+    "stopped_early",
+    "time_to_best_s",
+    "inference_s_per_image",
+)
+
+#: What each column of results.md means (scsam_monai.metrics.segmentation_scores has the exact rules).
+COLUMN_DEFINITIONS = (
+    "Challenge IoU: per image, the mean IoU over the classes in its ground truth, then the mean over images "
+    "(ISINet / SurgicalSAM)",
+    "pooled IoU (`miou`): the sum of intersections over the sum of unions of all images and classes",
+    "mcIoU (`mc_iou`): per class, the mean IoU over the images where it appears, then the mean over classes "
+    "(SurgicalSAM's mean class IoU); compare a paper's \"mIoU\" with the column of the same definition",
+    "AJI: aggregated Jaccard index of the 8-connected instances of each class, averaged like mcIoU",
+    "Dice: per class pooled over all test images; Dice (mean): their mean over classes",
+    "steps: optimizer steps the row took; images seen: training samples it saw (one augmented view of one "
+    "slice each); best epoch: the epoch whose validation mean Dice was best (its weights are tested); "
+    "stop: `early` when early stopping ended the row, `budget` when it used its whole budget",
+)
 
 
 def _dice_column(name: str) -> str:
@@ -53,6 +87,31 @@ def table_rows(records: Sequence[Mapping], class_names: Sequence[str]) -> list[d
     return rows
 
 
+def budget_lines(budget_per_slice: int, views_per_image: int, patience: int) -> list[str]:
+    """results.md header: the training budget every trainable row got, and the early-stopping rule."""
+    line = (
+        f"- budget: {budget_per_slice} training samples per training slice for every trainable row (one sample = one "
+        f"augmented view of one slice): ScSAM-type rows {budget_per_slice // views_per_image} epochs of their "
+        f"{views_per_image} cached views, supervised rows {budget_per_slice} epochs of one view; every row validates "
+        "after the same samples"
+    )
+    if patience:
+        return [f"{line} and stops early after {patience} validations without a gain of validation mean Dice"]
+    return [f"{line}; no early stopping"]
+
+
+def weights_lines(notes: Sequence[str], *, tiny: bool) -> list[str]:
+    """results.md header: which encoders have random weights, and what that means for the numbers."""
+    if not notes:
+        return []
+    meaning = (
+        "these numbers show that every row runs end to end; they are not results"
+        if tiny
+        else "rows that embed with it train a head on random features: they do not measure the pretrained model"
+    )
+    return [f"- **{'; '.join(notes)}**: {meaning}."]
+
+
 def _csv_value(value: object) -> object:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -83,6 +142,8 @@ def _fmt(value: object, kind: str = "score") -> str:
         return f"{float(value):.2f}" if float(value) < 100 else f"{float(value):.0f}"
     if kind == "int":
         return str(int(value))
+    if kind == "stop":
+        return "early" if value else "budget"
     return f"{float(value):.4f}"
 
 
@@ -91,16 +152,20 @@ def format_markdown(rows: Sequence[Mapping], class_names: Sequence[str], header:
     dice_columns = [(_dice_column(n), f"Dice {n}") for n in class_names[1:]]
     columns = [
         ("challenge_iou", "Challenge IoU", "score"),
-        ("miou", "mIoU", "score"),
+        ("miou", "pooled IoU", "score"),
+        ("mc_iou", "mcIoU", "score"),
         ("aji", "AJI", "score"),
         *((key, title, "score") for key, title in dice_columns),
         ("dice_mean", "Dice (mean)", "score"),
         ("trainable_parameters", "trainable params", "params"),
-        ("time_to_best_s", "time to best val Dice (s)", "seconds"),
+        ("optimizer_steps", "steps", "int"),
+        ("samples_seen", "images seen", "int"),
         ("best_epoch", "best epoch", "int"),
+        ("stopped_early", "stop", "stop"),
+        ("time_to_best_s", "time to best val Dice (s)", "seconds"),
         ("inference_s_per_image", "inference (s/image)", "seconds"),
     ]
-    lines = ["# Experiments", "", *header, ""]
+    lines = ["# Experiments", "", *header, "", "Columns:", "", *(f"- {d}" for d in COLUMN_DEFINITIONS), ""]
     for group, title in GROUPS.items():
         group_rows = [r for r in rows if r["group"] == group]
         if not group_rows:
@@ -115,13 +180,21 @@ def format_markdown(rows: Sequence[Mapping], class_names: Sequence[str], header:
 
 
 def plot_learning_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path) -> Path:
-    """Mean validation Dice by epoch, one line per method (``{label: {"epoch": [...], "val_dice": [...]}}``)."""
+    """Mean validation Dice by training samples seen, one line per method.
+
+    ``{label: {"samples": [...], "epoch": [...], "val_dice": [...]}}``: rows with different epochs per sample
+    (ScSAM's cached views against the supervised rows' one view) share the samples axis; without ``samples``
+    for every curve the axis is the epoch.
+    """
     plt = _matplotlib()
     fig, ax = plt.subplots(figsize=(9, 5))
     colours = plt.get_cmap("tab20")
+    by_samples = bool(curves) and all("samples" in c for c in curves.values())
+    x_key = "samples" if by_samples else "epoch"
     for i, (label, curve) in enumerate(curves.items()):
-        ax.plot(curve["epoch"], curve["val_dice"], marker="o", markersize=3, color=colours(i % 20), label=label)
-    ax.set(xlabel="epoch (0 = untrained)", ylabel="mean validation Dice", title="Learning curves", ylim=(0, 1))
+        ax.plot(curve[x_key], curve["val_dice"], marker="o", markersize=3, color=colours(i % 20), label=label)
+    xlabel = "training samples seen (0 = untrained)" if by_samples else "epoch (0 = untrained)"
+    ax.set(xlabel=xlabel, ylabel="mean validation Dice", title="Learning curves", ylim=(0, 1))
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     if curves:
@@ -145,17 +218,14 @@ def plot_qualitative(
     rows, cols = len(images), len(titles)
     fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.0 * rows + 0.5), squeeze=False)
     for r, (image, label) in enumerate(zip(images, labels, strict=True)):
-        panels = [np.repeat(_display(image)[..., None], 3, axis=-1), _colourise(image, label)]
-        panels += [_colourise(image, preds[r]) for preds in predictions.values()]
+        panels = [np.repeat(display_image(image)[..., None], 3, axis=-1), colourise(image, label)]
+        panels += [colourise(image, preds[r]) for preds in predictions.values()]
         for c, panel in enumerate(panels):
             axes[r, c].imshow(panel)
             axes[r, c].set_axis_off()
             if r == 0:
                 axes[r, c].set_title(titles[c], fontsize=7)
-    handles = [
-        plt.Rectangle((0, 0), 1, 1, color=_CLASS_COLOURS[(i - 1) % len(_CLASS_COLOURS)])
-        for i in range(1, len(class_names))
-    ]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=class_colour(i)) for i in range(1, len(class_names))]
     fig.legend(handles, list(class_names[1:]), loc="lower center", ncol=max(len(handles), 1), fontsize=8)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     out = atomic_save_figure(path, fig, dpi=100)

@@ -1,8 +1,10 @@
 """Run every method on one datalist with the same split, preprocessing and augmentation; write tables and figures.
 
-Trainable rows are bundle runs (``train.yaml`` + the method's overlays + the profile overlay) executed in this
-process with ``monai.bundle.ConfigWorkflow``, so the embedding cache is filled by the first row that needs an
-encoder and every later row reuses it. Each row's merged config, seed and rerun command are saved under
+Trainable rows are bundle runs (``train.yaml`` + the method's overlays + ``budget.yaml`` + the profile overlay)
+executed in this process with ``monai.bundle.ConfigWorkflow``, so the embedding cache is filled by the first row
+that needs an encoder and every later row reuses it. Every trainable row gets the profile's budget of training
+samples (:func:`.planning.plan_budget` sets its epochs and validation interval) and stops early when its validation
+mean Dice stalls (:mod:`.stopping`). Each row's merged config, seed and rerun command are saved under
 ``DIR/runs/<method>/``. Test images are scored by :mod:`.evaluation` at full resolution, identically for all.
 """
 
@@ -12,7 +14,6 @@ import gc
 import json
 import logging
 import math
-import re
 import shlex
 import shutil
 import time
@@ -28,124 +29,62 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 
 from ..atomic import atomic_write_json, atomic_write_text
 from ..bundle_cli import BUNDLE_DIR, CONFIGS_DIR, bundle_command
-from ..engines.checkpoint import load_head_weights
+from ..networks.checkpoints import load_head_weights
 from ..networks.scsam import ScSAM, count_trainable_parameters
+from .datalists import class_names_of, cross_dataset_datalists, prepare_datalist, split_subsets
 from .evaluation import Evaluation, ScSAMPredictor, TestItem, evaluate_predictor, load_test_items
+from .planning import BudgetPlan, plan_budget
 from .registry import CROSS_DATASET_METHODS, METHODS, Method, select_methods
-from .report import format_markdown, plot_learning_curves, plot_qualitative, table_rows, write_csv
+from .report import (
+    budget_lines,
+    format_markdown,
+    plot_learning_curves,
+    plot_qualitative,
+    table_rows,
+    weights_lines,
+    write_csv,
+)
+from .stopping import read_record
 from .supervised import SupervisedPredictor
 from .zero_shot import AMG_SETTINGS, evaluate_zero_shot
 
-__all__ = [
-    "BUNDLE_DIR",
-    "PROFILES",
-    "prepare_datalist",
-    "split_subsets",
-    "cross_dataset_datalists",
-    "run_experiments",
-]
+__all__ = ["PROFILES", "plan_row", "run_experiments"]
 
 logger = logging.getLogger(__name__)
 
 EXPERIMENT_DIR = CONFIGS_DIR / "experiments"
-SPLITS = ("training", "validation", "test")
+BUDGET_OVERLAY = "budget.yaml"
 
-#: Profile overlay, items kept per split (None: all), test images in the qualitative figure.
+#: Per profile: its overlay (last in every row's config list); items kept per split (None: all); test images in the
+#: qualitative figure; the training budget in samples per training slice (one sample = one augmented view of one
+#: slice; every trainable row gets it); early stopping's patience in validations (0: none); the methods run when
+#: neither ``methods`` nor ``groups`` is given (None: all).
 PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {
         "overlay": "tiny.yaml",
         "max_items": {"training": 4, "validation": 2, "test": 3},
         "qualitative": 2,
+        "budget_per_slice": 4,  # ScSAM rows: 2 epochs of 2 views; supervised rows: 4 epochs
+        "patience": 0,
+        "methods": None,
     },
-    "full": {"overlay": "full.yaml", "max_items": None, "qualitative": 4},
+    "small": {
+        "overlay": "small.yaml",
+        "max_items": None,
+        "qualitative": 4,
+        "budget_per_slice": 32,  # ScSAM rows: 8 epochs of 4 views; supervised rows: 32 epochs
+        "patience": 4,
+        "methods": ("scsam", "sam_only", "mae_only", "mae_only_random", "unet", "dynunet"),
+    },
+    "full": {
+        "overlay": "full.yaml",
+        "max_items": None,
+        "qualitative": 4,
+        "budget_per_slice": 400,  # ScSAM rows: 100 epochs of 4 views; supervised rows: 400 epochs
+        "patience": 10,
+        "methods": None,
+    },
 }
-
-
-# ---- data --------------------------------------------------------------------------------------------------
-def _absolute(item: Mapping, base: Path) -> dict:
-    out = dict(item)
-    for key in ("image", "label"):
-        if key in out and isinstance(out[key], str) and not Path(out[key]).is_absolute():
-            out[key] = str((base / out[key]).resolve())
-    return out
-
-
-def prepare_datalist(
-    source: str | Path, target: str | Path, max_items: Mapping[str, int] | None = None
-) -> dict[str, Any]:
-    """Copy a Decathlon datalist with absolute paths (and at most ``max_items[split]`` items per split).
-
-    Raises:
-        ValueError: the datalist lacks a non-empty ``training``, ``validation`` or ``test`` split.
-    """
-    source = Path(source)
-    data = json.loads(source.read_text())
-    for split in SPLITS:
-        items = data.get(split) or []
-        if not items:
-            raise ValueError(f"{source}: the experiments need a non-empty {split!r} split (all methods use it).")
-        if max_items and split in max_items:
-            items = items[: max_items[split]]
-        data[split] = [_absolute(i, source.parent) for i in items]
-    atomic_write_json(target, data)
-    return data
-
-
-def _subset_of(item: Mapping) -> str | None:
-    for key in ("condition", "subset"):
-        if item.get(key):
-            return str(item[key]).split()[0].lower()
-    match = re.match(r"(high|low)(?:[_\-]|$)", Path(str(item.get("cell", ""))).name.lower())
-    return match.group(1) if match else None
-
-
-def split_subsets(data: Mapping[str, Any]) -> dict[str, dict[str, list]]:
-    """Group a datalist's items by subset (``condition`` / ``subset`` entry, or a ``cell`` named ``high*``/``low*``).
-
-    Returns:
-        ``{subset: {split: items}}`` for the subsets found (empty when the items carry no subset).
-    """
-    subsets: dict[str, dict[str, list]] = {}
-    for split in SPLITS:
-        for item in data.get(split) or []:
-            name = _subset_of(item)
-            if name is not None:
-                subsets.setdefault(name, {s: [] for s in SPLITS})[split].append(item)
-    return subsets
-
-
-def cross_dataset_datalists(
-    subsets: Mapping[str, Mapping[str, list]], out_dir: str | Path
-) -> list[tuple[str, str, Path]]:
-    """Datalists training (and validating) on one subset and testing on the other, both directions.
-
-    The test split is the other subset's ``test`` items, or all its items when it has none. Only the first two
-    subsets (sorted by name) are paired.
-
-    Returns:
-        ``(train subset, test subset, datalist path)`` per direction; empty unless two subsets can train.
-    """
-    names = sorted(n for n, s in subsets.items() if s["training"] and s["validation"])
-    if len(names) < 2:
-        return []
-    out = []
-    for a, b in ((names[0], names[1]), (names[1], names[0])):
-        test = subsets[b]["test"] or [i for s in SPLITS for i in subsets[b][s]]
-        data = {"training": subsets[a]["training"], "validation": subsets[a]["validation"], "test": test}
-        path = Path(out_dir) / f"{a}_to_{b}" / "datalist.json"
-        atomic_write_json(path, data)
-        out.append((a, b, path))
-    return out
-
-
-def _class_names(data: Mapping[str, Any]) -> list[str] | None:
-    labels = data.get("labels")
-    if isinstance(labels, Mapping) and labels:
-        try:
-            return [str(labels[k]) for k in sorted(labels, key=int)]
-        except (TypeError, ValueError):
-            return None
-    return None
 
 
 # ---- one row ----------------------------------------------------------------------------------------------
@@ -175,6 +114,8 @@ class Context:
     class_names: list[str]
     device: torch.device
     base: ConfigParser
+    budget_per_slice: int
+    patience: int
     test_items: dict[str, list[TestItem]] = field(default_factory=dict)
 
     def items(self, datalist: Path) -> list[TestItem]:
@@ -187,7 +128,32 @@ class Context:
 
 def _config_files(method: Method, profile: str) -> list[str]:
     files = [CONFIGS_DIR / "train.yaml", *(EXPERIMENT_DIR / o for o in method.overlays)]
+    if method.kind != "zero_shot":
+        files.append(EXPERIMENT_DIR / BUDGET_OVERLAY)
     return [str(f) for f in (*files, EXPERIMENT_DIR / PROFILES[profile]["overlay"])]
+
+
+def plan_row(method: Method, files: Sequence[str], overrides: Mapping[str, Any], budget_per_slice: int) -> BudgetPlan:
+    """A row's budget plan, from its config (``views_per_image``, ``train#batch_size``) and training slices.
+
+    Args:
+        method: the row (``kind`` decides the views per slice and epoch).
+        files: its config files.
+        overrides: its bundle overrides, ``datalist`` included.
+        budget_per_slice: training samples per training slice.
+    """
+    parser = ConfigParser()
+    parser.read_config(list(files))
+    parser.update(dict(overrides))
+    views = int(parser.get_parsed_content("views_per_image"))
+    num_slices = len(json.loads(Path(overrides["datalist"]).read_text())["training"])
+    return plan_budget(
+        budget_per_slice=budget_per_slice,
+        num_slices=num_slices,
+        views_per_epoch=views if method.kind == "scsam" else 1,
+        batch_size=int(parser.get_parsed_content("train#batch_size")),
+        views_per_validation=views,
+    )
 
 
 def _command(run_id: str, config_files: Sequence[str], overrides: Mapping[str, Any]) -> str:
@@ -208,12 +174,11 @@ def _train_row(method: Method, name: str, datalist: Path, ctx: Context) -> tuple
     run_dir = ctx.out / "runs" / name
     shutil.rmtree(run_dir / "models", ignore_errors=True)  # a fresh run: no stale best model or resume state
     files = _config_files(method, ctx.profile)
-    overrides = {
-        **ctx.overrides,
-        "datalist": str(datalist),
-        "output_dir": str(run_dir),
-        "ckpt_dir": str(run_dir / "models"),
-    }
+    paths = {"datalist": str(datalist), "output_dir": str(run_dir), "ckpt_dir": str(run_dir / "models")}
+    plan = plan_row(method, files, {**ctx.overrides, **method.overrides, **paths}, ctx.budget_per_slice)
+    budget = {**plan.overrides(), "budget_samples": plan.budget_samples, "early_stopping_patience": ctx.patience}
+    # the plan first: an explicit --override (e.g. train#trainer#max_epochs) still wins, and the record says so
+    overrides = {**budget, **ctx.overrides, **method.overrides, **paths}
     workflow = ConfigWorkflow(config_file=files, meta_file=str(CONFIGS_DIR / "metadata.json"), **overrides)
     workflow.initialize()
     parser = workflow.parser
@@ -236,6 +201,9 @@ def _train_row(method: Method, name: str, datalist: Path, ctx: Context) -> tuple
     train_s = time.perf_counter() - clock.start
     history = parser.get_parsed_content("train#learning_curve").history
     best_epoch, best_val = _best(history)
+    stop = read_record(run_dir)
+    if stop is None:
+        raise RuntimeError(f"{run_dir}: the run wrote no training_budget.json ({BUDGET_OVERLAY} not applied?).")
     network = parser.get_parsed_content("network")
     trainable = count_trainable_parameters(network)
     load_head_weights(network, run_dir / "models" / "model.pt")  # the best validation epoch's weights
@@ -260,7 +228,18 @@ def _train_row(method: Method, name: str, datalist: Path, ctx: Context) -> tuple
         "train_s": train_s,
         "setup_s": setup_s,
         "epochs": int(trainer.state.epoch),
-        "curve": {"epoch": list(history["val_epoch"]), "val_dice": list(history["val_metric"])},
+        "max_epochs": stop["max_epochs"],
+        "optimizer_steps": stop["optimizer_steps"],
+        "samples_seen": stop["samples_seen"],
+        "budget_samples": stop["budget_samples"],
+        "stopped_early": stop["stopped_early"],
+        "stop_reason": stop["stop_reason"],
+        "plan": plan.as_dict(),
+        "curve": {
+            "epoch": list(history["val_epoch"]),
+            "samples": [int(e) * plan.samples_per_epoch for e in history["val_epoch"]],
+            "val_dice": list(history["val_metric"]),
+        },
         "config_files": files,
         "command": command,
     }
@@ -363,6 +342,8 @@ def run_experiments(
     cache_dir: str | Path | None = None,
     cross_dataset: bool = True,
     device: str | None = None,
+    budget_per_slice: int | None = None,
+    patience: int | None = None,
 ) -> dict[str, Path]:
     """Run the selected methods on ``datalist`` and write the results into ``out``.
 
@@ -370,14 +351,18 @@ def run_experiments(
         datalist: a Decathlon datalist with ``training``, ``validation`` and ``test`` splits.
         out: output folder (``results.csv``, ``results.md``, ``results.json``, ``learning_curves.png``,
             ``qualitative.png``, ``datalist.json`` and ``runs/<method>/``).
-        profile: ``"tiny"`` (CPU minutes, random tiny encoders) or ``"full"`` (train.yaml's settings, a GPU).
-        methods: method names (see ``registry.METHODS``); with ``groups`` None too: all.
+        profile: ``"tiny"`` (CPU minutes, random tiny encoders, a smoke test), ``"small"`` (2 CPU cores, at most
+            about 30 minutes on 20 slices) or ``"full"`` (train.yaml's settings, a GPU); see :data:`PROFILES`.
+        methods: method names (see ``registry.METHODS``); with ``groups`` None too: the profile's methods.
         groups: table names whose methods to run.
         seed: the seed of every row (bundle ``seed``).
         overrides: more bundle overrides for every row (e.g. ``sam_checkpoint``, ``class_names``).
         cache_dir: embedding cache; default the ``embedding_cache`` folder beside the datalist.
         cross_dataset: also run the cross-dataset rows when the datalist's items name two subsets.
         device: torch device for the rows (default: CUDA when available).
+        budget_per_slice: training samples per training slice for every trainable row (default: the profile's).
+        patience: validations without a gain of validation mean Dice before a row stops (0: never; default: the
+            profile's).
 
     Returns:
         paths of the written files by name.
@@ -394,7 +379,7 @@ def run_experiments(
         "seed": int(seed),
         "cache_dir": str(Path(cache_dir).resolve() if cache_dir else source.parent / "embedding_cache"),
     }
-    names = _class_names(data)
+    names = class_names_of(data)
     if names:
         base_overrides["class_names"] = names
     if device:
@@ -413,7 +398,11 @@ def run_experiments(
         class_names=class_names,
         device=base.get_parsed_content("device"),
         base=base,
+        budget_per_slice=int(budget_per_slice or PROFILES[profile]["budget_per_slice"]),
+        patience=int(PROFILES[profile]["patience"] if patience is None else patience),
     )
+    if not methods and not groups and PROFILES[profile]["methods"]:
+        methods = list(PROFILES[profile]["methods"])
     selected = select_methods(list(methods) if methods else None, list(groups) if groups else None)
     records: list[dict] = []
     examples: dict[str, list[np.ndarray]] = {}
@@ -437,11 +426,8 @@ def run_experiments(
         f"test images: {len(ctx.items(out / 'datalist.json'))}",
         f"- wall time: {time.perf_counter() - wall:.0f} s (all rows, including the embedding cache)",
     ]
-    notes = _weights_note(base)
-    if notes:
-        header.append(
-            f"- **{'; '.join(notes)}**: these numbers show that every row runs end to end; they are not results."
-        )
+    header += budget_lines(ctx.budget_per_slice, int(base.get_parsed_content("views_per_image")), ctx.patience)
+    header += weights_lines(_weights_note(base), tiny=profile == "tiny")
     header.append(
         "- Zero-shot SAM gives each automatic mask the class of the ground truth it overlaps most (nearest class "
         "when none): it reads the labels, an upper bound for SAM's masks."

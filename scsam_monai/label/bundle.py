@@ -28,7 +28,7 @@ from monai.bundle import ConfigParser
 from torch import nn
 
 from ..bundle_cli import BUNDLE_DIR, bundle_command
-from ..engines.checkpoint import load_head_weights
+from ..networks.checkpoints import load_head_weights
 
 __all__ = ["BundleSettings", "default_bundle_dir", "build_network", "run_bundle", "warm_start", "write_overrides"]
 

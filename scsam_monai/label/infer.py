@@ -7,7 +7,7 @@ Why not MONAI Label's ``BundleInferTask``: it parses ``configs/inference.yaml`` 
 slice-wise on arbitrary 2D/3D EM files. Loaded as a whole-network checkpoint with ``load_strict=False``, our head
 weights would be silently ignored. So this task builds the network from the bundle's configs
 (:func:`~scsam_monai.label.bundle.build_network`), loads the head weights with
-:func:`~scsam_monai.engines.checkpoint.load_head_weights` (and again whenever training replaces the file) and
+:func:`~scsam_monai.networks.checkpoints.load_head_weights` (and again whenever training replaces the file) and
 runs :func:`~scsam_monai.engines.volume_inference.segment_slices`, the code of the bundle's inference workflow.
 
 The label map comes back in the geometry (spacing, origin, direction) that ITK, 3D Slicer's reader, gives the
@@ -27,8 +27,8 @@ import numpy as np
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from ..data.io import open_volume
-from ..engines.checkpoint import load_head_weights
+from ..data.readers import open_volume
+from ..networks.checkpoints import load_head_weights
 from ..engines.volume_inference import segment_slices
 from .bundle import BundleSettings, build_network
 from .uploads import UploadRejected, check_image

@@ -34,7 +34,7 @@ import tifffile
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
-from ..data.io import open_volume
+from ..data.readers import open_volume
 from .bundle import BundleSettings, run_bundle, write_overrides
 from .uploads import UploadRejected, check_image, check_label
 

@@ -1,7 +1,7 @@
 """Unlabelled EM slices for MAE pre-training: which slices, and reading one of them.
 
 A user's unlabelled data is a MONAI datalist (its images; labels are ignored), a folder of images (2D slices
-and/or 3D stacks), or one volume in any form :func:`scsam_monai.data.io.open_volume` reads (a multi-page TIFF, a
+and/or 3D stacks), or one volume in any form :func:`scsam_monai.data.readers.open_volume` reads (a multi-page TIFF, a
 glob or folder of per-slice files, HDF5, N5/Zarr, NIfTI, ...): every z slice of a volume is one item.
 """
 
@@ -15,8 +15,8 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from ..data.imageio import check_pixels
-from ..data.io import open_volume
+from ..data.preparation.splits import parse_ranges
+from ..data.readers import check_pixels, open_volume
 
 __all__ = ["unlabelled_slices", "read_slice", "LoadSlice2Dd"]
 
@@ -25,7 +25,7 @@ def read_slice(source: str | Path, index: int = 0, key: str | None = None) -> np
     """Read z slice ``index`` of an image or volume (a 2D image is slice 0).
 
     Args:
-        source: anything :func:`~scsam_monai.data.io.open_volume` opens.
+        source: anything :func:`~scsam_monai.data.readers.open_volume` opens.
         index: z index.
         key: dataset key inside an HDF5 file or N5/Zarr container; None or "" for none.
 
@@ -73,6 +73,7 @@ def unlabelled_slices(
     image_dir: str | Path | None = None,
     image_glob: str = "*.tif",
     volume_key: str | None = None,
+    select: str | None = None,
 ) -> list[dict[str, object]]:
     """Items ``{"image": source, "slice": z, "key": dataset key or ""}`` of the slices to pre-train on.
 
@@ -84,6 +85,9 @@ def unlabelled_slices(
             a glob, a folder of per-slice files that ``image_glob`` does not match, an N5/Zarr folder or URL.
         image_glob: glob of the files inside a folder ``image_dir``.
         volume_key: dataset key inside HDF5 / N5 / Zarr volumes (``image_dir`` only).
+        select: keep only these positions of the ordered list of slices, as half-open ranges ``"0:15"`` or
+            ``"0:8,11:14"`` (``scsam-prepare``'s ``--train-slices`` syntax): with a volume, z indices; with a folder
+            of per-slice files, positions in name order. Use it to keep test slices out of pre-training.
 
     Raises:
         FileNotFoundError / ValueError: naming the path, when nothing can be found or read.
@@ -103,13 +107,19 @@ def unlabelled_slices(
             items += [{"image": source, "slice": z, "key": key} for z in range(volume.shape[0])]
     if not items:
         raise ValueError(f"No image to pre-train on in {where}.")
+    if select:
+        ranges = parse_ranges(select)
+        beyond = [f"{a}:{b}" for a, b in ranges if b > len(items)]
+        if beyond:
+            raise ValueError(f"select {select!r}: ranges {beyond} go beyond the {len(items)} slices in {where}.")
+        items = [items[i] for i in sorted({i for a, b in ranges for i in range(a, b)})]
     return items
 
 
 class LoadSlice2Dd(MapTransform):
     """Read the slice an item names (``{"image": source, "slice": z, "key": ...}``) as an (H, W) array.
 
-    Any source :func:`~scsam_monai.data.io.open_volume` reads; ``slice`` (default 0) is the z index, ``key`` the
+    Any source :func:`~scsam_monai.data.readers.open_volume` reads; ``slice`` (default 0) is the z index, ``key`` the
     dataset inside a container. The source is kept under ``<key>_path``.
 
     Args:

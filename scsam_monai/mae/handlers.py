@@ -103,6 +103,11 @@ class EpochSeed:
 class LossHistory:
     """Mean training loss per epoch: ``engine.state.metrics[metric_name]``, ``<prefix>.json`` and ``<prefix>.png``.
 
+    Per epoch it records the optimizer steps done so far, the mean loss, the mean loss that predicting nothing
+    would have given on the same batches (``predict_nothing`` of :class:`~scsam_monai.mae.engine.MaeTrainStep`; the
+    level of a network that learned nothing, about 1.0 with per-patch normalised targets) and the learning rate
+    at the epoch's end. The plot shows loss and predict-nothing level against optimizer steps.
+
     Attach it before the statistics/TensorBoard handlers so that their epoch logs include the mean. It has
     ``state_dict``/``load_state_dict``: put it in the checkpoint so that a resumed run continues the history.
 
@@ -112,48 +117,85 @@ class LossHistory:
         metric_name: name of the epoch mean in ``engine.state.metrics``.
     """
 
+    _FIELDS = ("epochs", "steps", "losses", "predict_nothing", "learning_rates")
+
     def __init__(self, output_dir: str | Path, prefix: str = "mae_loss", metric_name: str = "mae_epoch_loss") -> None:
         self.output_dir = Path(output_dir)
         self.prefix = prefix
         self.metric_name = metric_name
         self.epochs: list[int] = []
+        self.steps: list[int] = []
         self.losses: list[float] = []
+        self.predict_nothing: list[float] = []
+        self.learning_rates: list[float] = []
         self._iteration_losses: list[float] = []
+        self._iteration_nothing: list[float] = []
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self._iteration_losses.clear())
+        engine.add_event_handler(Events.EPOCH_STARTED, self._start_epoch)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._record_iteration)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._record_epoch)
 
     def state_dict(self) -> dict:
         """The history, for checkpoints."""
-        return {"epochs": list(self.epochs), "losses": list(self.losses)}
+        return {name: list(getattr(self, name)) for name in self._FIELDS}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore the history of a checkpoint."""
+        """Restore the history of a checkpoint (fields a checkpoint of an older version lacks stay empty)."""
         self.epochs = [int(e) for e in state.get("epochs", [])]
-        self.losses = [float(v) for v in state.get("losses", [])]
+        self.steps = [int(e) for e in state.get("steps", [])]
+        for name in ("losses", "predict_nothing", "learning_rates"):
+            setattr(self, name, [float(v) for v in state.get(name, [])])
+
+    def _start_epoch(self, _: Engine) -> None:
+        self._iteration_losses.clear()
+        self._iteration_nothing.clear()
 
     def _record_iteration(self, engine: Engine) -> None:
         output = engine.state.output
-        loss = output.get("loss") if isinstance(output, dict) else None
-        if loss is not None:
-            self._iteration_losses.append(float(loss))
+        if not isinstance(output, dict):
+            return
+        if output.get("loss") is not None:
+            self._iteration_losses.append(float(output["loss"]))
+        if output.get("predict_nothing") is not None:
+            self._iteration_nothing.append(float(output["predict_nothing"]))
 
     def _record_epoch(self, engine: Engine) -> None:
         mean = float(np.mean(self._iteration_losses)) if self._iteration_losses else math.nan
         self.epochs.append(int(engine.state.epoch))
+        self.steps.append(int(engine.state.iteration))
         self.losses.append(mean)
+        self.predict_nothing.append(float(np.mean(self._iteration_nothing)) if self._iteration_nothing else math.nan)
+        optimizer = getattr(engine, "optimizer", None)
+        self.learning_rates.append(float(optimizer.param_groups[0]["lr"]) if optimizer is not None else math.nan)
         engine.state.metrics[self.metric_name] = mean
         self.write()
 
     def write(self) -> None:
         """Write ``<prefix>.json`` and the plot ``<prefix>.png``."""
-        atomic_write_json(self.output_dir / f"{self.prefix}.json", {"epoch": self.epochs, "loss": self.losses})
+        atomic_write_json(
+            self.output_dir / f"{self.prefix}.json",
+            {
+                "epoch": self.epochs,
+                "step": self.steps,
+                "loss": self.losses,
+                "predict_nothing": self.predict_nothing,
+                "lr": self.learning_rates,
+            },
+        )
         plt = _matplotlib()
-        fig, ax = plt.subplots(figsize=(5, 3.4))
-        ax.plot(self.epochs, self.losses, marker="o" if len(self.epochs) < 50 else None, color="tab:blue")
-        ax.set(xlabel="epoch", ylabel="masked-patch MSE", title="MAE pre-training loss (mean per epoch)")
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        x = self.steps if len(self.steps) == len(self.losses) else self.epochs
+        marker = "o" if len(x) < 50 else None
+        ax.plot(x, self.losses, marker=marker, color="tab:blue", label="masked-patch loss")
+        if len(self.predict_nothing) == len(x) and not all(math.isnan(v) for v in self.predict_nothing):
+            ax.plot(x, self.predict_nothing, linestyle="--", color="tab:gray", label="predicting nothing")
+            ax.legend(fontsize=8)
+        ax.set(
+            xlabel="optimizer step" if x is self.steps else "epoch",
+            ylabel="masked-patch MSE",
+            title="MAE pre-training loss (mean per epoch)",
+        )
         ax.grid(alpha=0.3)
         fig.tight_layout()
         atomic_save_figure(self.output_dir / f"{self.prefix}.png", fig)

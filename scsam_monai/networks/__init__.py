@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from .build import build_scsam_head
 from .encoders import FrozenMaeEncoder, FrozenSamEncoder
 from .fafm import FAFM, build_fusion
 from .prompt_encoder import ClassPromptEncoder
 from .scsam import ScSAM, ScSAMHead, count_trainable_parameters
 
 __all__ = [
+    "build_scsam_head",
     "FrozenSamEncoder",
     "FrozenMaeEncoder",
     "FAFM",

@@ -1,4 +1,4 @@
-"""Safe loading of the frozen encoders' checkpoints.
+"""Safe loading of checkpoints: the frozen encoders', SAM's decoder weights and the trained head's.
 
 Every checkpoint is read with ``torch.load(path, map_location="cpu", weights_only=True)``: tensors and plain
 containers only, never pickled code. Wrappers (``{"model_state": ...}``, ``{"state_dict": ...}``,
@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..hashing import sha256_file
 
@@ -26,6 +27,8 @@ __all__ = [
     "load_mae_state_dict",
     "load_mae_checkpoint",
     "submodule_state",
+    "load_sam_decoder_weights",
+    "load_head_weights",
 ]
 
 #: Key of the architecture record in an exported MAE encoder file.
@@ -196,3 +199,49 @@ def submodule_state(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str,
     """
     p = prefix if prefix.endswith(".") else prefix + "."
     return {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
+
+
+def load_sam_decoder_weights(checkpoint: str | Path, *, mask_decoder: nn.Module, prompt_encoder: nn.Module) -> None:
+    """Initialise SAM's mask decoder and prompt encoder (built by the caller) from a SAM checkpoint file.
+
+    Args:
+        checkpoint: an official or SAM-compatible checkpoint (read by :func:`load_sam_state_dict`).
+        mask_decoder: receives the file's ``mask_decoder.*`` weights, strictly.
+        prompt_encoder: receives the file's ``prompt_encoder.*`` weights, strictly.
+
+    Raises:
+        ValueError: the file cannot be read safely, or its weights do not fit the modules.
+    """
+    state = load_sam_state_dict(checkpoint)
+    for prefix, module in (("mask_decoder", mask_decoder), ("prompt_encoder", prompt_encoder)):
+        try:
+            module.load_state_dict(submodule_state(state, prefix), strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"{checkpoint}: its {prefix} weights do not fit this head: {err}") from err
+
+
+def load_head_weights(head: nn.Module, path: str | Path) -> None:
+    """Load a trained head's state from ``path`` with ``torch.load(weights_only=True)``, strictly.
+
+    Accepts a plain state dict (what MONAI's ``CheckpointSaver`` writes for one object) or a dict holding it
+    under ``network``, ``model`` or ``state_dict``.
+
+    Raises:
+        FileNotFoundError: when the file is missing.
+        ValueError: when it is unreadable or its weights do not fit the head.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: trained head checkpoint not found (train the bundle first).")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling errors of many kinds become one message
+        raise ValueError(f"{path}: cannot be read as a weights-only checkpoint ({err}).") from err
+    for key in ("network", "model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    try:
+        head.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not fit this head configuration: {err}") from err

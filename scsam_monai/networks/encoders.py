@@ -26,6 +26,8 @@ from timm.models.vision_transformer import VisionTransformer
 
 from .checkpoints import load_mae_checkpoint, load_sam_state_dict, sha256_file, submodule_state
 from .geometry import longest_side_size, pad_to_square, resize_longest
+from .precision import PRECISIONS, precision_context, resolve_precision
+from .sam_attention import SAM_ATTENTION_KINDS, sam_attention_kind, set_sam_attention
 
 __all__ = [
     "SAM_ARCHITECTURES",
@@ -287,11 +289,20 @@ class FrozenSamEncoder(_FrozenEncoder):
             none.
         allow_random_weights: build with random weights when ``checkpoint`` is None (a WARNING is logged).
         seed: seed of the random weights (the global RNG is left untouched).
+        precision: ``"auto"`` (bf16 autocast on CUDA GPUs and CPUs that run bf16 natively, else fp16 on older GPUs
+            and fp32 on other CPUs), ``"bf16"``, ``"fp16"`` (CUDA only) or ``"fp32"`` (autocast off, even inside an
+            outer autocast); see :mod:`.precision`. Embeddings are returned in float32 whatever the precision.
+        attention: ``"fused"`` (:class:`.sam_attention.FusedSamAttention`: ``scaled_dot_product_attention`` with
+            the relative-position bias as its mask) or ``"reference"`` (segment-anything's own ``Attention``).
+        compile: ``torch.compile`` the ViT in place (state-dict keys unchanged): False, True (default mode) or a
+            mode name (``"reduce-overhead"``: CUDA graphs; ``"max-autotune"``). Compiled at the first call.
 
     Attributes:
         img_size: side of the square canvas (1024, 256 for "tiny").
         embedding_shape: (256, 64, 64), the shape of one image's embedding.
-        cache_key: ``"sam-<arch>-<sha256 of the checkpoint>"`` or ``"sam-<arch>-random-seed<seed>"``.
+        cache_key: ``"sam-<arch>-<sha256 of the checkpoint>"`` or ``"sam-<arch>-random-seed<seed>"``. Precision
+            and attention are not part of it: they change the embeddings by rounding only (bf16: < 2% relative L2,
+            tested), like the float16 storage of the cache.
 
     Example::
 
@@ -306,10 +317,18 @@ class FrozenSamEncoder(_FrozenEncoder):
         checkpoint: str | Path | None = None,
         allow_random_weights: bool = False,
         seed: int = 0,
+        precision: str = "auto",
+        attention: str = "fused",
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         if arch not in SAM_ARCHITECTURES:
             raise ValueError(f"unknown SAM arch {arch!r}, expected one of {sorted(SAM_ARCHITECTURES)}.")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown SAM encoder precision {precision!r}, expected one of {PRECISIONS}.")
+        if attention not in SAM_ATTENTION_KINDS:
+            raise ValueError(f"unknown SAM encoder attention {attention!r}, expected one of {SAM_ATTENTION_KINDS}.")
+        self.precision = precision
         cfg = dict(SAM_ARCHITECTURES[arch])
         self.arch = arch
         self.checkpoint = str(checkpoint) if checkpoint else None
@@ -343,9 +362,21 @@ class FrozenSamEncoder(_FrozenEncoder):
                     f"Details: {_short(e)}"
                 ) from e
             self.cache_key = f"sam-{arch}-{sha256_file(self.checkpoint)}"
+        set_sam_attention(self.encoder, attention)  # after loading: the swap keeps the parameters and their keys
         self.register_buffer("pixel_mean", torch.tensor(_SAM_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(_SAM_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
         self._freeze()
+        if compile:
+            self.encoder.compile(**({} if compile is True else {"mode": str(compile)}))
+
+    @property
+    def attention(self) -> str:
+        """``"fused"`` or ``"reference"``: the attention the ViT's blocks use now."""
+        return sam_attention_kind(self.encoder)
+
+    def compute_dtype(self, device: torch.device | str | None = None) -> torch.dtype | None:
+        """The autocast dtype of the ViT on ``device`` (default: where the encoder is), None for float32."""
+        return resolve_precision(self.precision, self.pixel_mean.device if device is None else device)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Place images on SAM's normalised canvas.
@@ -373,9 +404,11 @@ class FrozenSamEncoder(_FrozenEncoder):
 
         Returns:
             Embeddings (B, 256, 64, 64) covering the canvas; the image occupies the top-left
-            ``input_size(H, W)`` scaled by 64 / ``img_size``.
+            ``input_size(H, W)`` scaled by 64 / ``img_size``; float32.
         """
-        return self.encoder(self.preprocess(images))
+        x = self.preprocess(images)
+        with precision_context(x.device, self.compute_dtype(x.device)):
+            return self.encoder(x).float()
 
 
 class FrozenMaeEncoder(_FrozenEncoder):

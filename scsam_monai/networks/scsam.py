@@ -2,12 +2,12 @@
 
 ``ScSAMHead`` = fusion (FAFM by default) + class prompt encoder + SAM's mask decoder (trainable) with SAM's
 dense positional encoding and point embeddings (frozen, from SAM's prompt encoder). ``ScSAM`` puts the
-frozen SAM and MAE encoders in front of it and returns logits at the input's size.
+frozen SAM and MAE encoders in front of it and returns logits at the input's size. Both take built parts;
+``networks/build.py`` builds the head from numbers and switches.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import torch
@@ -15,15 +15,11 @@ import torch.nn.functional as F
 from segment_anything.modeling import PromptEncoder
 from torch import nn
 
-from .checkpoints import load_sam_state_dict, submodule_state
-from .fafm import FusionOutput, build_fusion
+from .fafm import FusionOutput
 from .geometry import unpad_and_resize
-from .mask_decoder import build_mask_decoder
 from .prompt_encoder import ClassPromptEncoder, ClassPrompts
 
 __all__ = ["ScSAMHead", "ScSAM", "count_trainable_parameters", "class_embeddings"]
-
-logger = logging.getLogger(__name__)
 
 
 def count_trainable_parameters(module: nn.Module) -> int:
@@ -64,32 +60,31 @@ def class_embeddings(
 class ScSAMHead(nn.Module):
     """Trainable part of ScSAM: maps (SAM embedding, MAE embedding) to per-class mask logits.
 
-    ``ScSAMHead()`` builds the paper's configuration for 3 classes (FAFM, both streams, residual class
-    activation, dense + sparse prompts). All C classes of all B images go through the mask decoder in one
-    batched call of B*C prompts.
+    The constructor takes built parts; :func:`scsam_monai.networks.build.build_scsam_head` builds them from a few
+    numbers and switches (its defaults are the paper's configuration) and loads SAM's decoder weights. All C
+    classes of all B images go through the mask decoder in one batched call of B*C prompts.
+
+    The frozen parts: SAM's prompt encoder (dense positional encoding, point and no-mask embeddings) and the
+    decoder's outputs that ScSAM never uses (the three multimask hypernetwork MLPs and the IoU head: they stay in
+    the state dict, so SAM checkpoints load as they are, but are not trained and DistributedDataParallel waits
+    for no gradient of theirs).
 
     Args:
-        num_classes: C, foreground classes (nucleus, mitochondria, granules by default).
+        fusion: the fusion module, ``(sam (B, C_sam, g, g), mae (B, C_mae, g, g))`` -> ``FusionOutput``.
+        prompt_encoder: the class prompt encoder; its ``num_classes`` is C.
+        mask_decoder: SAM's mask decoder (``build_mask_decoder``).
+        sam_prompt_encoder: SAM's prompt encoder for an ``(g, g)`` embedding of a ``canvas_size`` canvas.
+        streams: which embeddings the head takes: "both", "sam_only" (SAM*) or "mae_only" (MAE*).
         sam_channels: channels of the SAM embedding.
         mae_channels: channels of the MAE embedding.
-        feature_dim: N, width of the fused features; must be 256 to load SAM's decoder weights.
-        grid_size: g, side of the embedding grid; logits come out at 4g x 4g.
         canvas_size: side of the square encoder input the grid covers (1024 for SAM, 256 for "tiny").
-        fusion: "fafm", "concat" or "cross_attention".
-        streams: "both", "sam_only" (SAM*) or "mae_only" (MAE*).
-        residual: keep the ``+ V_f`` residual of the class activation.
-        prompts: "dense+sparse", "dense" or "sparse".
-        num_sparse_tokens: sparse tokens per class.
-        sam_checkpoint: SAM (or SAM-compatible) checkpoint whose ``mask_decoder`` and ``prompt_encoder``
-            weights initialise the decoder and the frozen positional/point embeddings; None keeps random ones.
-        channels_last: run the fusion convolutions on channels-last tensors (a speed switch, same results; meant
-            for cuDNN with bf16/fp16; no gain measured on CPU, see ``docs/performance.md``).
-        compile: ``torch.compile`` the fusion, the prompt encoder and the mask decoder in place (state dict keys
-            unchanged); the first call of each input shape compiles (tens of seconds).
+        channels_last: run the fusion on channels-last tensors (a speed switch, same results; meant for cuDNN
+            with bf16/fp16; no gain measured on CPU, see ``docs/performance.md``).
 
     Example::
 
-        >>> head = ScSAMHead()
+        >>> from scsam_monai.networks.build import build_scsam_head
+        >>> head = build_scsam_head()  # the paper's configuration, 3 classes
         >>> head(torch.randn(1, 256, 64, 64), torch.randn(1, 512, 64, 64)).shape
         torch.Size([1, 3, 256, 256])
     """
@@ -97,53 +92,33 @@ class ScSAMHead(nn.Module):
     def __init__(
         self,
         *,
-        num_classes: int = 3,
+        fusion: nn.Module,
+        prompt_encoder: ClassPromptEncoder,
+        mask_decoder: nn.Module,
+        sam_prompt_encoder: PromptEncoder,
+        streams: str = "both",
         sam_channels: int = 256,
         mae_channels: int = 512,
-        feature_dim: int = 256,
-        grid_size: int = 64,
         canvas_size: int = 1024,
-        fusion: str = "fafm",
-        streams: str = "both",
-        residual: bool = True,
-        prompts: str = "dense+sparse",
-        num_sparse_tokens: int = 4,
-        sam_checkpoint: str | None = None,
         channels_last: bool = False,
-        compile: bool = False,
     ) -> None:
         super().__init__()
-        self.num_classes = num_classes
-        self.grid_size = grid_size
+        self.num_classes = prompt_encoder.num_classes
+        self.grid_size = prompt_encoder.grid_size
+        if tuple(sam_prompt_encoder.image_embedding_size) != (self.grid_size, self.grid_size):
+            raise ValueError(
+                f"SAM's prompt encoder is built for a {tuple(sam_prompt_encoder.image_embedding_size)} grid, the class "
+                f"prompt encoder for {self.grid_size} x {self.grid_size}."
+            )
         self.canvas_size = canvas_size
         self.streams = streams
-        self.fusion = build_fusion(
-            fusion, streams, sam_channels=sam_channels, mae_channels=mae_channels, feature_dim=feature_dim
-        )
-        self.prompt_encoder = ClassPromptEncoder(
-            num_classes=num_classes,
-            feature_dim=feature_dim,
-            grid_size=grid_size,
-            num_tokens=num_sparse_tokens,
-            residual=residual,
-            prompts=prompts,
-        )
-        self.mask_decoder = build_mask_decoder(transformer_dim=feature_dim)
-        # SAM's prompt encoder supplies the dense positional encoding and the point / no-mask embeddings;
-        # it stays frozen like in SurgicalSAM.
-        self.sam_prompt_encoder = PromptEncoder(
-            embed_dim=feature_dim,
-            image_embedding_size=(grid_size, grid_size),
-            input_image_size=(canvas_size, canvas_size),
-            mask_in_chans=16,
-        )
-        if sam_checkpoint:
-            self.load_sam_weights(sam_checkpoint)
+        self.sam_channels = sam_channels
+        self.mae_channels = mae_channels
+        self.fusion = fusion
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.sam_prompt_encoder = sam_prompt_encoder
         self.sam_prompt_encoder.requires_grad_(False)
-        # ScSAM decodes SAM's single-mask output only: the three multimask hypernetwork MLPs and the IoU head
-        # never reach a logit or the loss. They stay in the state dict (SAM checkpoints load as they are)
-        # but are frozen, so they are not counted as trained and DistributedDataParallel waits for no
-        # gradient of theirs.
         self.mask_decoder.iou_prediction_head.requires_grad_(False)
         for mlp in self.mask_decoder.output_hypernetworks_mlps[1:]:
             mlp.requires_grad_(False)
@@ -151,20 +126,6 @@ class ScSAMHead(nn.Module):
         self.channels_last = channels_last
         if channels_last:
             self.fusion.to(memory_format=torch.channels_last)
-        if compile:
-            for module in (self.fusion, self.prompt_encoder, self.mask_decoder):
-                module.compile()
-
-    def load_sam_weights(self, checkpoint: str) -> None:
-        """Initialise the mask decoder and SAM's prompt encoder from a SAM checkpoint file."""
-        state = load_sam_state_dict(checkpoint)
-        for prefix, module in (("mask_decoder", self.mask_decoder), ("prompt_encoder", self.sam_prompt_encoder)):
-            part = submodule_state(state, prefix)
-            try:
-                module.load_state_dict(part, strict=True)
-            except RuntimeError as err:
-                raise ValueError(f"{checkpoint}: its {prefix} weights do not fit this head: {err}") from err
-        logger.info("Mask decoder and prompt embeddings initialised from %s", checkpoint)
 
     def encode_features(self, sam_embedding: torch.Tensor | None, mae_embedding: torch.Tensor | None) -> FusionOutput:
         """Fuse the embeddings ``(B, 256, g, g)`` and ``(B, 512, g, g)`` into V_f ``(B, N, g, g)``."""
@@ -294,9 +255,7 @@ class ScSAM(nn.Module):
     Args:
         sam_encoder: a ``FrozenSamEncoder`` (None for the MAE* variant).
         mae_encoder: a ``FrozenMaeEncoder`` (None for the SAM* variant).
-        head: the ``ScSAMHead``.
-        head_checkpoint: optional file with the trained head's weights (a state dict, or a MONAI
-            ``CheckpointSaver`` file with a ``network`` / ``model`` entry), read with ``weights_only=True``.
+        head: the ``ScSAMHead`` (its weights: ``networks.checkpoints.load_head_weights``).
     """
 
     def __init__(
@@ -305,7 +264,6 @@ class ScSAM(nn.Module):
         sam_encoder: nn.Module | None,
         mae_encoder: nn.Module | None,
         head: ScSAMHead,
-        head_checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         if sam_encoder is None and mae_encoder is None:
@@ -318,10 +276,6 @@ class ScSAM(nn.Module):
                 raise ValueError(
                     f"Encoder canvas {encoder.img_size} differs from the head's canvas_size {head.canvas_size}."
                 )
-        if head_checkpoint:
-            from ..engines.checkpoint import load_head_weights
-
-            load_head_weights(head, head_checkpoint)
 
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Frozen embeddings ``(B, 256, 64, 64)`` and ``(B, 512, 64, 64)`` of images ``(B, 1, H, W)`` in [0, 1]."""

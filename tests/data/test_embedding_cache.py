@@ -5,31 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from monai.transforms import (
-    Compose,
-    EnsureChannelFirstd,
-    EnsureTyped,
-    RandScaleCropd,
-    Resized,
-    ScaleIntensityRangePercentilesd,
-)
+from monai.transforms import Compose, RandScaleCropd, Resized
 
-from scsam_monai.data import EmbeddingCache, cached_embedding_dataset, precompute_embeddings, transform_fingerprint
+from scsam_monai.data.embedding_cache import EmbeddingCache, transform_fingerprint
+from scsam_monai.data.embedding_dataset import cached_embedding_dataset, precompute_embeddings
 from scsam_monai.data.synthetic import write_synthetic_dataset
-from scsam_monai.data.transforms import LoadImage2Dd
 from scsam_monai.engines.batch import EmbeddingBatch
 from scsam_monai.networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
+from tests.helpers import train_preprocessing
 
 
 def _preprocessing(upper: float = 99.5) -> Compose:
-    return Compose(
-        [
-            LoadImage2Dd(keys=["image", "label"]),
-            EnsureChannelFirstd(keys=["image", "label"], channel_dim="no_channel"),
-            EnsureTyped(keys=["image", "label"], dtype=[torch.float32, None], track_meta=False),
-            ScaleIntensityRangePercentilesd(keys="image", lower=0.5, upper=upper, b_min=0.0, b_max=1.0, clip=True),
-        ]
-    )
+    """train.yaml's preprocessing, with the upper intensity percentile of its default normalisation set."""
+    return train_preprocessing({"intensity_transforms#per_image#upper": upper})
 
 
 def _augmentation(canvas: int = 256, scale: float = 0.5) -> Compose:

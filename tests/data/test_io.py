@@ -1,4 +1,5 @@
-"""Tests of the volume readers (``scsam_monai.data.io``) and ``read_image_2d``, on files the tests write."""
+"""Tests of the volume readers (``scsam_monai.data.readers``): ``open_volume`` and ``read_image_2d``, on files the
+tests write."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from scsam_monai.data.imageio import read_image_2d
-from scsam_monai.data.io import DataPreparationError, natural_key, open_volume
+from scsam_monai.data.readers import DataPreparationError, natural_key, open_volume, read_image_2d
 
 RNG = np.random.default_rng(0)
 VOLUME = RNG.integers(0, 60000, (5, 12, 16)).astype(np.uint16)  # (Z, Y, X), non-square planes
@@ -357,7 +357,7 @@ def test_malformed_container_metadata_names_the_file(tmp_path):
 
 
 def test_read_needing_more_than_half_the_memory_is_refused(tmp_path):
-    from scsam_monai.data.io import check_memory
+    from scsam_monai.data.readers import check_memory
 
     check_memory(1 << 20, "small.tif")
     with pytest.raises(DataPreparationError, match=r"huge\.tif: reading it needs 16384\.0 GiB, more than half"):

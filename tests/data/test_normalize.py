@@ -1,12 +1,26 @@
-"""Tests of the per-volume percentile normalisation (``scsam_monai.data.normalize``)."""
+"""Tests of intensity normalisation (``scsam_monai.data.normalize``): per-volume windows measured streaming, the
+per-image normalisation of training and inference, and the float path that matches ``scsam-prepare``'s slices."""
 
 from __future__ import annotations
 
+import json
+import warnings
+
 import numpy as np
 import pytest
+import tifffile
+import torch
+from monai.transforms import ScaleIntensityRangePercentilesd
 
-from scsam_monai.data.io import DataPreparationError
-from scsam_monai.data.normalize import PercentileAccumulator, normalize_slice, volume_window
+from scsam_monai.data.normalize import (
+    IntensityWindow,
+    PercentileAccumulator,
+    measure_volume_window,
+    normalize_slice,
+    volume_window,
+)
+from scsam_monai.data.preparation import CellSource, SplitSpec, prepare_dataset
+from scsam_monai.data.readers import DataPreparationError, Volume, open_volume, read_image_2d
 
 RNG = np.random.default_rng(1)
 
@@ -34,18 +48,23 @@ def test_one_window_for_all_slices_keeps_relative_contrast():
     bright = np.full((8, 8), 200, np.uint8)
     bright[0, 0] = 0
     window = volume_window([dark, bright], source="v.tif", lower=0, upper=100)
-    assert normalize_slice(dark, window).max() < normalize_slice(bright, window).max() == 255
+    assert normalize_slice(dark, window, "uint8").max() < normalize_slice(bright, window, "uint8").max() == 255
 
 
-def test_normalize_clips_and_scales_to_uint8_and_float32():
+def test_window_clips_and_scales_to_uint8_uint16_and_float32():
     volume = RNG.integers(0, 4096, (3, 50, 50)).astype(np.uint16)
     volume[0, 0, 0], volume[0, 0, 1] = 0, 4095  # outliers beyond the percentiles
     window = volume_window(iter(volume), source="v.tif")
     as_uint8 = normalize_slice(volume[0], window, "uint8")
-    as_float = normalize_slice(volume[0], window, "float32")
+    as_uint16 = normalize_slice(volume[0], window, "uint16")
+    as_float = normalize_slice(volume[0], window)
     assert as_uint8.dtype == np.uint8 and as_uint8.min() == 0 and as_uint8.max() == 255
+    assert as_uint16.dtype == np.uint16 and as_uint16.min() == 0 and as_uint16.max() == 65535
     assert as_float.dtype == np.float32 and 0.0 <= as_float.min() and as_float.max() <= 1.0
-    np.testing.assert_allclose(as_float * 255, as_uint8, atol=0.51)
+    np.testing.assert_array_equal(as_uint8, np.round(as_float.astype(np.float64) * 255))
+    np.testing.assert_allclose(as_uint16 / 65535, as_float, atol=0.5 / 65535 + 1e-7)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        normalize_slice(volume[0], window, "int8")
 
 
 def test_float_data_ignore_nan_and_are_sampled_beyond_the_budget():
@@ -57,7 +76,7 @@ def test_float_data_ignore_nan_and_are_sampled_beyond_the_budget():
     window = accumulator.window(1, 99)
     assert not window.exact
     assert window.low == pytest.approx(np.nanpercentile(volume, 1), abs=0.15)
-    assert np.isfinite(normalize_slice(volume[0], window, "float32")).all()
+    assert np.isfinite(normalize_slice(volume[0], window)).all()
 
 
 def test_constant_and_empty_volumes_are_errors_naming_the_file():
@@ -74,3 +93,99 @@ def test_almost_constant_volume_falls_back_to_min_max():
     image[0, 0] = 50  # the percentiles coincide, but the volume is not constant
     window = volume_window([image], source="v.tif")
     assert (window.low, window.high, window.method) == (0.0, 50.0, "min-max")
+
+
+# ---- per image: the bundle's per_image normalisation -------------------------------------------------------
+
+
+def _monai_per_image(image: np.ndarray) -> np.ndarray:
+    """train.yaml's ``per_image`` transform, after its ``EnsureTyped(float32)``."""
+    bundle = ScaleIntensityRangePercentilesd(keys="image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MONAI warns "Divide by zero" for a constant slice
+        out = bundle({"image": torch.as_tensor(image[None].astype(np.float32))})["image"]
+    return np.asarray(torch.as_tensor(out).float())[0]
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        RNG.gamma(2.0, 300.0, (30, 20)).astype(np.uint16),  # MONAI uses torch.quantile here
+        RNG.integers(0, 256, (64, 48)).astype(np.uint8),
+        RNG.normal(0.3, 2.0, (33, 17)).astype(np.float32),
+        RNG.gamma(2.0, 300.0, (1100, 1000)).astype(np.float32),  # and numpy above 10^6 voxels
+        np.full((12, 10), 7, np.uint16),  # constant: MONAI shifts it to 0
+        np.where(np.arange(10_000).reshape(100, 100) == 0, 100, 50).astype(np.uint8),  # percentiles coincide
+    ],
+    ids=["uint16-small", "uint8", "float32", "float32-large", "constant", "percentiles-coincide"],
+)
+def test_per_image_normalisation_equals_monai_scale_intensity_range_percentiles(image):
+    out = normalize_slice(image)
+    low, high = np.percentile(image, (0.5, 99.5))
+    if low == high:  # MONAI's rule for a (nearly) constant slice: shifted, neither scaled nor clipped
+        np.testing.assert_array_equal(out, image.astype(np.float32) - low)
+    assert out.shape == image.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, _monai_per_image(image), rtol=0, atol=1e-6)  # a few float32 ulps
+
+
+def test_per_image_normalisation_reaches_both_ends_and_keeps_any_shape():
+    image = RNG.gamma(2.0, 300.0, (1, 30, 20)).astype(np.uint16)
+    out = normalize_slice(image)
+    assert out.shape == (1, 30, 20) and out.min() == 0 and out.max() == 1
+    np.testing.assert_array_equal(normalize_slice(image, dtype="uint8"), np.round(out.astype(np.float64) * 255))
+
+
+# ---- per volume: the raw volume normalised as scsam-prepare normalised it ----------------------------------
+
+
+def _synthetic_uint16_volume() -> tuple[np.ndarray, np.ndarray]:
+    """A 16-bit EM-like volume (noisy background, a brighter organelle, a few saturated and dead voxels)."""
+    rng = np.random.default_rng(7)
+    depth, h, w = 6, 40, 48
+    label = np.zeros((depth, h, w), np.uint8)
+    label[:, 10:25, 12:30] = 1
+    image = rng.gamma(4.0, 2500.0, (depth, h, w)) + 9000.0 * label
+    image[:, 0, :3] = 65535  # saturated
+    image[:, -1, -3:] = 0  # dead
+    return image.clip(0, 65535).astype(np.uint16), label
+
+
+def test_raw_volume_window_and_float_path_match_the_slices_scsam_prepare_wrote(tmp_path):
+    image, label = _synthetic_uint16_volume()
+    tifffile.imwrite(tmp_path / "raw.tif", image, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "labels.tif", label, photometric="minisblack")
+    cell = CellSource("c1", tmp_path / "raw.tif", labels=tmp_path / "labels.tif")
+    split = SplitSpec(train_slices=[(0, 4)], val_slices=[(4, 6)])
+    prepare_dataset([cell], tmp_path / "out", classes=["organelle"], middle_slices=4, split=split, progress=False)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    prepared = {item["slice"]: item["image"] for item in manifest["slices"]}
+    assert sorted(prepared) == [1, 2, 3, 4]  # the 4 middle slices
+
+    with open_volume(tmp_path / "raw.tif") as volume:
+        window = measure_volume_window(volume, indices=sorted(prepared))
+        raw = {i: volume.read_slice(i) for i in prepared}
+    assert window.as_dict() == manifest["cells"][0]["intensity_window"]
+    assert IntensityWindow(**manifest["cells"][0]["intensity_window"]) == window  # the window travels as JSON
+    for i, name in prepared.items():
+        written = read_image_2d(tmp_path / "out" / name)
+        assert written.dtype == np.uint8
+        np.testing.assert_array_equal(normalize_slice(raw[i], window, "uint8"), written)
+        as_float = normalize_slice(raw[i], window)
+        assert as_float.dtype == np.float32
+        assert np.abs(as_float - written / 255.0).max() <= 0.5 / 255 + 1e-6  # uint8 rounding is the only difference
+
+
+def test_measure_volume_window_reads_one_slice_at_a_time_along_any_axis():
+    image, _ = _synthetic_uint16_volume()
+    reads = []
+
+    def read(index):
+        reads.append(index)
+        return image[index]
+
+    volume = Volume(source="generated", format="zarr", shape=image.shape, dtype=image.dtype, read=read)
+    window = measure_volume_window(volume, axis=1)
+    assert len(reads) == image.shape[1] and all(isinstance(index[1], int) for index in reads)
+    assert window == volume_window(iter(image), source="generated")  # the same voxels, in another order
+    with pytest.raises(DataPreparationError, match="generated: slice 99 is outside"):
+        measure_volume_window(volume, indices=[0, 99])

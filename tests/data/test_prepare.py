@@ -1,4 +1,4 @@
-"""Tests of ``scsam-prepare`` (``scsam_monai.data.prepare``, ``scsam_monai.cli.prepare``) and the BetaSeg download.
+"""Tests of ``scsam-prepare`` (``scsam_monai.data.preparation``, ``scsam_monai.cli.prepare``) and the BetaSeg download.
 
 Cells are small volumes the tests write, with masks in the encodings EM data come in: 0/255 TIFF, 1-bit PNG
 slices and soft-edged 8-bit PNG slices. The real ssTEM sample in ``../shared/data`` is used when present.
@@ -22,9 +22,8 @@ from PIL import Image
 from scsam_monai.cli.prepare import main as prepare_main
 from scsam_monai.cli.prepare import parse_mask
 from scsam_monai.data import betaseg
-from scsam_monai.data.imageio import read_image_2d
-from scsam_monai.data.io import DataPreparationError
-from scsam_monai.data.prepare import CellSource, MaskSource, SplitSpec, mask_rule, prepare_dataset
+from scsam_monai.data.preparation import CellSource, MaskSource, SplitSpec, mask_rule, prepare_dataset
+from scsam_monai.data.readers import DataPreparationError, read_image_2d
 
 SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "drosophila-vnc-sstem"
 CLASSES = ["nucleus", "mitochondria", "granules"]

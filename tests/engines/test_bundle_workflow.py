@@ -7,25 +7,20 @@ files a user gets and that training improves validation Dice clearly over its un
 from __future__ import annotations
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
 import tifffile
 import torch
 
-from scsam_monai.bundle_cli import bundle_command
 from scsam_monai.data.synthetic import write_synthetic_dataset
+from tests.helpers import run_bundle
 
 pytestmark = pytest.mark.slow
 
 
-def _run_bundle(repo_root, run_id: str, configs: list[str], overrides: dict, cwd) -> subprocess.CompletedProcess:
-    cmd = bundle_command(run_id, configs, overrides=overrides, configs_dir=repo_root / "bundle/configs")
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
-    if result.returncode != 0:
-        raise AssertionError(f"{run_id} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
+def _run_bundle(repo_root, run_id: str, configs: list[str], overrides: dict, cwd):
+    return run_bundle(run_id, configs, overrides, cwd=cwd, configs_dir=repo_root / "bundle/configs")
 
 
 @pytest.fixture(scope="module")

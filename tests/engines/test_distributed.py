@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -18,20 +17,17 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from ignite.engine import Engine
 
+from scsam_monai.bundle_cli import bundle_command
 from scsam_monai.data.synthetic import write_synthetic_dataset
 from scsam_monai.engines.distributed import (
     DistributedError,
     WeightConsistencyCheck,
+    destroy_distributed,
     init_distributed,
     parameter_fingerprint,
     sharded_precompute_embeddings,
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import free_port, run_command
 
 
 def test_outside_a_process_group_sharding_is_the_plain_call():
@@ -97,12 +93,15 @@ def _rank_main(rank: int, world: int, port: int, scenario: str, results) -> None
             except DistributedError as err:
                 results[rank] = str(err)
     finally:
-        dist.destroy_process_group()
+        destroy_distributed()  # the bundle's finalize: a barrier, the tqdm monitor stopped, the group destroyed
+        destroy_distributed()  # a second call does nothing
+        daemons = [t.name for t in threading.enumerate() if t.daemon]
+        results[f"shutdown{rank}"] = {"initialized": dist.is_initialized(), "daemon_threads": daemons}
 
 
 def _spawn(scenario: str) -> dict:
     results = mp.Manager().dict()
-    mp.start_processes(_rank_main, args=(2, _free_port(), scenario, results), nprocs=2, start_method="spawn")
+    mp.start_processes(_rank_main, args=(2, free_port(), scenario, results), nprocs=2, start_method="spawn")
     return dict(results)
 
 
@@ -117,6 +116,8 @@ def test_ranks_share_the_precompute_and_one_ranks_failure_stops_all():
     for rank in (0, 1):
         assert "rank 0: ValueError: bad.tif: truncated TIFF" in results[rank]["error"]  # share: bad, b
         assert "rank 1:" not in results[rank]["error"]  # share: a, bad (our fake fails on a first item only)
+        # both ranks left the group cleanly, with no daemon thread (the progress bar's monitor) left running
+        assert results[f"shutdown{rank}"] == {"initialized": False, "daemon_threads": []}
 
 
 def test_weight_check_stops_ranks_whose_weights_differ():
@@ -125,30 +126,22 @@ def test_weight_check_stops_ranks_whose_weights_differ():
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_train_and_rank0_saves(tmp_path, repo_root):
+def test_torchrun_two_ranks_train_and_rank0_saves(tmp_path):
     write_synthetic_dataset(tmp_path / "data", num_train=6, num_val=3, num_test=1, size=128, seed=11)
-    configs = [str(repo_root / "bundle/configs" / c) for c in ("train.yaml", "demo.yaml", "multi_gpu_train.yaml")]
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "--log_dir", str(tmp_path / "logs"), "--tee", "3",
-        "-m", "monai.bundle", "run", "training",
-        "--meta_file", str(repo_root / "bundle/configs/metadata.json"),
-        "--logging_file", str(repo_root / "bundle/configs/logging.conf"),
-        "--config_file", str(configs),
-        "--dataset_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"),
-        "--views_per_image", "2", "--train#batch_size", "2", "--train#trainer#max_epochs", "2",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-6000:]
+    overrides = {"dataset_dir": tmp_path / "data", "output_dir": tmp_path / "out", "views_per_image": 2}
+    overrides.update({"train#batch_size": 2, "train#trainer#max_epochs": 2})
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    torchrun += ["--log_dir", str(tmp_path / "logs"), "--tee", "3"]
+
+    def run(**more) -> str:  # the user's command line: torchrun ... -m monai.bundle run training ...
+        bundle = bundle_command("training", ["train.yaml", "demo.yaml", "multi_gpu_train.yaml"], overrides=more)
+        result = run_command([*torchrun, *bundle[1:]], cwd=tmp_path, env={"OMP_NUM_THREADS": 1})
+        return result.stdout + result.stderr
+
+    log = run(**overrides)
     _check_two_rank_run(tmp_path, log)
     # --resume true: every rank loads rank 0's last.pt and goes on with epoch 3
-    cmd[cmd.index("--train#trainer#max_epochs") + 1] = "3"
-    result = subprocess.run([*cmd, "--resume", "true"], cwd=tmp_path, capture_output=True, text=True, timeout=900,
-                            env=env)  # fmt: skip
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-6000:]
+    log = run(**{**overrides, "train#trainer#max_epochs": 3, "resume": True})
     for rank in (0, 1):
         assert re.search(rf"\[default{rank}\]:.*Resumed from .*last.pt at epoch 2", log), log[-6000:]
         assert f"Rank {rank} of 2: epoch 3 done" in log and f"Rank {rank} of 2: epoch 2 done" not in log

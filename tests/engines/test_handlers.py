@@ -13,11 +13,11 @@ from ignite.engine import Engine, Events
 
 from scsam_monai.data.transforms import merge_class_logits
 from scsam_monai.engines.batch import EmbeddingBatch
-from scsam_monai.engines.checkpoint import load_head_weights
-from scsam_monai.engines.handlers import LabelMapWriter, LearningCurve, MetricsReport, OverlayWriter
+from scsam_monai.engines.handlers import LearningCurve, MetricsReport, OverlayWriter, TrainableParameterLogger
 from scsam_monai.engines.inference import image_list
 from scsam_monai.metrics import SegmentationScoresHandler
-from scsam_monai.networks.scsam import ScSAMHead
+from scsam_monai.networks.build import build_scsam_head
+from scsam_monai.networks.checkpoints import load_head_weights
 
 
 def test_merge_class_logits_rule():
@@ -103,18 +103,6 @@ def test_learning_curve_records_untrained_validation_and_epochs(tmp_path):
     assert (tmp_path / "learning_curve.png").is_file()
 
 
-def test_label_map_writer_names_files_after_images(tmp_path):
-    writer = LabelMapWriter(tmp_path)
-    engine = Engine(lambda e, b: [{"pred": torch.ones(1, 5, 7, dtype=torch.long)}])
-    engine.add_event_handler(
-        Events.ITERATION_STARTED, lambda e: setattr(e.state, "batch", [{"image_path": "/x/a.ome.tif"}])
-    )
-    writer.attach(engine)
-    engine.run(range(1), max_epochs=1)
-    out = tifffile.imread(tmp_path / "a_seg.tif")
-    assert out.shape == (5, 7) and out.dtype == np.uint8 and out.max() == 1
-
-
 def test_image_list_sources_and_errors(tmp_path):
     for name in ("b.tif", "a.tif", "c.png"):
         (tmp_path / name).write_bytes(b"x")
@@ -133,17 +121,32 @@ def test_image_list_sources_and_errors(tmp_path):
 
 def test_load_head_weights_formats_and_errors(tmp_path):
     torch.manual_seed(0)
-    head = ScSAMHead(grid_size=16, canvas_size=64)
+    head = build_scsam_head(grid_size=16, canvas_size=64)
     torch.save(head.state_dict(), tmp_path / "plain.pt")
     torch.save({"network": head.state_dict()}, tmp_path / "wrapped.pt")
     for name in ("plain.pt", "wrapped.pt"):
-        other = ScSAMHead(grid_size=16, canvas_size=64)
+        other = build_scsam_head(grid_size=16, canvas_size=64)
         load_head_weights(other, tmp_path / name)
         assert torch.equal(other.prompt_encoder.prototypes, head.prompt_encoder.prototypes)
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_head_weights(head, tmp_path / "nope.pt")
     with pytest.raises(ValueError, match="do not fit"):
-        load_head_weights(ScSAMHead(grid_size=16, canvas_size=64, num_classes=2), tmp_path / "plain.pt")
+        load_head_weights(build_scsam_head(grid_size=16, canvas_size=64, num_classes=2), tmp_path / "plain.pt")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="bad.pt"):
         load_head_weights(head, tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("paper", [None, 27.6e6])
+def test_parameter_logger_names_the_paper_figure_only_when_given(caplog, paper):
+    engine = Engine(lambda e, b: None)
+    engine.network = torch.nn.Linear(2, 2)
+    frozen = torch.nn.Linear(3, 1).requires_grad_(False)
+    TrainableParameterLogger(frozen_modules=[frozen, None], paper_parameters=paper).attach(engine)
+    with caplog.at_level("INFO", logger="scsam_monai.engines.handlers"):
+        engine.run([0], max_epochs=1)
+    assert engine.state.trainable_parameters == 6
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert "Trainable parameters: 0.00M" in message and "frozen parameters: 0.00M" in message
+    assert ("(paper: 27.6M)" in message) == (paper is not None)
+    assert "paper" not in message or paper is not None

@@ -11,7 +11,6 @@ Skips when the sample is absent.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,25 +20,13 @@ import torch
 import yaml
 from PIL import Image
 
-from scsam_monai.bundle_cli import bundle_command
+from tests.helpers import REAL_EM_SAMPLE as SAMPLE
+from tests.helpers import run_bundle, run_command
 
 pytestmark = pytest.mark.slow
 
-SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "drosophila-vnc-sstem"
 CLASSES = ["mitochondria", "synapses", "membranes"]
 TRAIN, VAL, FACTOR = list(range(0, 8)), list(range(11, 14)), 4
-
-
-def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
-    if result.returncode != 0:
-        raise AssertionError(f"{cmd[:4]} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
-
-
-def _bundle(repo_root: Path, run_id: str, configs: list[Path], cwd: Path) -> subprocess.CompletedProcess:
-    cmd = bundle_command(run_id, configs, configs_dir=repo_root / "bundle/configs")
-    return _run(cmd, cwd)
 
 
 def _foreground(folder: Path, index: int) -> np.ndarray:
@@ -75,7 +62,7 @@ def prepared(tmp_path_factory, repo_root):
         str(data),
         "--quiet",
     ]
-    log = _run(cmd, work)
+    log = run_command(cmd, cwd=work)
     return work, data, log
 
 
@@ -118,14 +105,14 @@ def test_bundle_trains_and_evaluates_on_the_prepared_real_em(prepared, repo_root
         )
     )
     configs = repo_root / "bundle/configs"
-    _bundle(repo_root, "training", [configs / "train.yaml", configs / "demo.yaml", overlay], work)
+    run_bundle("training", [configs / "train.yaml", configs / "demo.yaml", overlay], cwd=work)
     assert (out / "models" / "model.pt").is_file()
     state = torch.load(out / "models" / "model.pt", weights_only=True)
     assert any(k.startswith("mask_decoder.") for k in state)
     curve = json.loads((out / "learning_curve.json").read_text())
     assert len(curve["val_metric"]) == 3  # untrained + 2 epochs
     evaluate = [configs / "train.yaml", configs / "evaluate.yaml", configs / "demo.yaml", overlay]
-    _bundle(repo_root, "evaluating", evaluate, work)
+    run_bundle("evaluating", evaluate, cwd=work)
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["dice_per_class"]) == set(CLASSES)
     assert metrics["split"] == "validation" and metrics["num_images"] == len(VAL)

@@ -9,7 +9,7 @@ from monai.engines import SupervisedTrainer
 from scsam_monai.engines.train_step import ScSAMTrainStep
 from scsam_monai.losses import ScSAMLoss
 from scsam_monai.networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
-from scsam_monai.networks.scsam import ScSAMHead
+from scsam_monai.networks.build import build_scsam_head
 
 
 def _batch(sam_encoder, mae_encoder, n: int = 2):
@@ -28,7 +28,7 @@ def test_one_step_updates_only_the_head_and_leaves_encoders_unchanged():
     before_sam = {k: v.clone() for k, v in sam_encoder.state_dict().items()}
     before_mae = {k: v.clone() for k, v in mae_encoder.state_dict().items()}
     torch.manual_seed(0)
-    head = ScSAMHead(canvas_size=256)
+    head = build_scsam_head(canvas_size=256)
     head_before = {k: v.clone() for k, v in head.state_dict().items()}
     optimizer = torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=1e-3)
     loss = ScSAMLoss()
@@ -64,7 +64,7 @@ def test_repeated_steps_reduce_the_loss():
     sam_encoder = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
     mae_encoder = FrozenMaeEncoder(arch="tiny", allow_random_weights=True)
     torch.manual_seed(0)
-    head = ScSAMHead(canvas_size=256)
+    head = build_scsam_head(canvas_size=256)
     loss = ScSAMLoss()
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
-from monai.transforms import ScaleIntensityRangePercentilesd
 from torch import nn
 
+from scsam_monai.data.normalize import measure_volume_window, normalize_slice, volume_window
+from scsam_monai.data.readers import DataPreparationError, Volume
 from scsam_monai.data.transforms import merge_class_logits
-from scsam_monai.engines.volume_inference import normalize_slice, segment_slices
+from scsam_monai.engines.volume_inference import segment_slices
+from scsam_monai.networks.build import build_scsam_head
 from scsam_monai.networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
-from scsam_monai.networks.scsam import ScSAM, ScSAMHead
+from scsam_monai.networks.scsam import ScSAM
 
 C = 3
 
@@ -52,8 +56,8 @@ def test_labels_per_slice_in_input_order_with_a_last_partial_batch():
         assert (label == i % C + 1).all()
 
 
-@pytest.mark.parametrize("prefetch", [0, 1, 2])
-def test_generator_input_is_streamed_never_materialised(prefetch):
+@pytest.mark.parametrize(("prefetch", "writeback"), [(0, 0), (1, 0), (0, 2), (2, 2)])
+def test_generator_input_is_streamed_never_materialised(prefetch, writeback):
     pulled: list[int] = []
     ahead: list[int] = []
     batch_size = 2
@@ -67,12 +71,13 @@ def test_generator_input_is_streamed_never_materialised(prefetch):
         batch_size=batch_size,
         normalize=False,
         prefetch=prefetch,
+        writeback=writeback,
         progress=False,
         writer=writer,
     )
     assert len(ahead) == 40
-    assert max(ahead) <= batch_size * (prefetch + 2)
-    if prefetch == 0:
+    assert max(ahead) <= batch_size * (prefetch + writeback + 3)  # the bound segment_slices promises
+    if prefetch == 0 and writeback == 0:
         assert max(ahead) < batch_size  # nothing is read beyond the batch being segmented
 
 
@@ -101,24 +106,31 @@ def test_errors_of_the_slice_reader_reach_the_caller():
         segment_slices(IndexModel(), broken(), batch_size=1, progress=False, writer=lambda i, lab: None)
 
 
-def test_normalize_slice_matches_the_bundle_preprocessing():
+def test_slices_are_normalised_per_image_and_must_be_2d():
+    """Each slice reaches the model as ``normalize_slice`` (the bundle's per-image preprocessing) gives it."""
+    seen = []
+
+    class Recorder(nn.Module):
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            seen.append(images.clone())
+            return torch.zeros(images.shape[0], C, *images.shape[2:])
+
     rng = np.random.default_rng(0)
-    image = (rng.gamma(2.0, 300.0, (30, 20))).astype(np.uint16)
-    bundle = ScaleIntensityRangePercentilesd(keys="image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
-    expected = bundle({"image": torch.as_tensor(image[None].astype(np.float32))})["image"]
-    out = normalize_slice(image)
-    assert out.shape == (1, 30, 20) and out.dtype == torch.float32
-    torch.testing.assert_close(out, torch.as_tensor(expected).float())
-    assert out.min() == 0 and out.max() == 1
+    slices = [rng.gamma(2.0, 300.0, (30, 20)).astype(np.uint16), rng.normal(0, 1, (1, 30, 20)).astype(np.float32)]
+    segment_slices(Recorder(), iter(slices), batch_size=2, progress=False, writer=lambda i, lab: None)
+    (batch,) = seen
+    assert batch.shape == (2, 1, 30, 20) and batch.dtype == torch.float32
+    for image, given in zip(slices, batch, strict=True):
+        np.testing.assert_array_equal(given[0].numpy(), normalize_slice(image.reshape(30, 20)))
     with pytest.raises(ValueError, match="2D slice"):
-        normalize_slice(np.zeros((2, 4, 4)))
+        segment_slices(Recorder(), [np.zeros((2, 4, 4))], progress=False, writer=lambda i, lab: None)
 
 
 def test_full_scsam_labels_equal_the_model_on_each_normalised_slice():
     torch.manual_seed(0)
     sam = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
     mae = FrozenMaeEncoder(arch="tiny", allow_random_weights=True)
-    model = ScSAM(sam_encoder=sam, mae_encoder=mae, head=ScSAMHead(canvas_size=sam.img_size))
+    model = ScSAM(sam_encoder=sam, mae_encoder=mae, head=build_scsam_head(canvas_size=sam.img_size))
     rng = np.random.default_rng(1)
     volume = rng.normal(1000, 200, (3, 40, 56)).astype(np.float32)
     written = {}
@@ -126,7 +138,7 @@ def test_full_scsam_labels_equal_the_model_on_each_normalised_slice():
     assert sorted(written) == [0, 1, 2]
     with torch.inference_mode():
         for i, image in enumerate(volume):
-            expected = merge_class_logits(model(normalize_slice(image)[None]))[0, 0].numpy()
+            expected = merge_class_logits(model(torch.from_numpy(normalize_slice(image))[None, None]))[0, 0].numpy()
             assert written[i].shape == (40, 56) and written[i].dtype == np.uint8
             # batched and single-slice calls may round differently: allow a pixel or two at a class boundary
             assert (written[i] != expected).mean() < 1e-3
@@ -138,3 +150,130 @@ def test_default_batch_is_one_slice_on_cpu_and_bad_sizes_are_refused():
     assert model.batch_sizes == [1, 1, 1]
     with pytest.raises(ValueError, match="batch_size"):
         segment_slices(model, _slices(1), batch_size=0, progress=False, writer=lambda i, lab: None)
+
+
+class Recorder(nn.Module):
+    """Keeps every batch it is given; background everywhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.seen.append(images.clone())
+        return torch.zeros(images.shape[0], C, *images.shape[2:])
+
+
+def _raw_volume(depth: int = 4) -> np.ndarray:
+    """A uint16 volume whose slices differ in brightness (per-image and per-volume windows then differ)."""
+    rng = np.random.default_rng(3)
+    return np.stack([rng.gamma(2.0, 200.0 * (z + 1), (18, 14)) for z in range(depth)]).clip(0, 65535).astype(np.uint16)
+
+
+def _volume_of(array: np.ndarray, source: str = "raw.tif", fail_at: int | None = None) -> Volume:
+    def read(index):
+        if fail_at is not None and index[0] == fail_at:
+            raise OSError("bad page")
+        return array[index]
+
+    return Volume(source=source, format="tiff", shape=array.shape, dtype=array.dtype, read=read)
+
+
+@pytest.mark.parametrize("as_volume", [True, False])
+def test_prepared_normalisation_uses_one_window_measured_over_the_whole_volume(as_volume):
+    volume = _raw_volume()
+    model = Recorder()
+    slices = _volume_of(volume) if as_volume else list(volume)
+    segment_slices(model, slices, image_normalization="prepared", batch_size=4, progress=False, writer=lambda i, lab: 0)
+    window = volume_window(iter(volume), source="raw.tif")
+    assert window == measure_volume_window(_volume_of(volume))  # the window scsam-prepare measures
+    (batch,) = model.seen
+    for z, image in enumerate(volume):
+        np.testing.assert_array_equal(batch[z, 0].numpy(), normalize_slice(image, window))
+    assert not np.allclose(batch[0, 0].numpy(), normalize_slice(volume[0]))  # not the per-image normalisation
+
+
+def test_prepared_needs_a_window_for_a_one_shot_iterator_and_unknown_values_are_refused():
+    volume = _raw_volume(2)
+    with pytest.raises(ValueError, match="window="):
+        segment_slices(Recorder(), iter(volume), image_normalization="prepared", progress=False, writer=print)
+    window = volume_window(iter(volume), source="raw.tif")
+    model = Recorder()
+    segment_slices(model, iter(volume), image_normalization="prepared", window=window, progress=False, writer=print)
+    np.testing.assert_array_equal(model.seen[1][0, 0].numpy(), normalize_slice(volume[1], window))
+    with pytest.raises(ValueError, match="image_normalization must be one of per_image, prepared"):
+        segment_slices(Recorder(), list(volume), image_normalization="per_volume", progress=False, writer=print)
+
+
+def test_a_failing_read_of_a_volume_names_the_file_and_the_slice():
+    written = []
+    with pytest.raises(DataPreparationError, match=r"raw\.tif: slice 3 \(of 5\) cannot be read: .*bad page"):
+        segment_slices(
+            Recorder(), _volume_of(_raw_volume(5), fail_at=3), progress=False, writer=lambda i, lab: written.append(i)
+        )
+    assert written == sorted(written) and 3 not in written
+
+
+@pytest.mark.parametrize("writeback", [0, 2])
+def test_a_failing_writer_stops_the_run_and_reaches_the_caller(writeback):
+    written = []
+
+    def writer(index, label):
+        if index == 4:
+            raise OSError("disk full")
+        written.append(index)
+
+    with pytest.raises(OSError, match="disk full"):
+        segment_slices(IndexModel(), _slices(40), normalize=False, writeback=writeback, progress=False, writer=writer)
+    assert written == [0, 1, 2, 3]
+
+
+def test_probabilities_reach_the_writer_with_each_label_map():
+    got = {}
+    segment_slices(
+        IndexModel(),
+        _slices(3),
+        batch_size=2,
+        normalize=False,
+        probabilities=True,
+        progress=False,
+        writer=lambda i, lab, prob: got.update({i: (lab, prob)}),
+    )
+    assert sorted(got) == [0, 1, 2]
+    for i, (label, prob) in got.items():
+        assert (label == i % C + 1).all()
+        assert prob.shape == (C, 12, 10) and prob.dtype == np.float32
+        np.testing.assert_array_equal(label, prob.argmax(0) + 1)
+
+
+def test_reading_the_model_and_writing_overlap():
+    """Read, model and write each take 40 ms a slice: run one after the other they take 3 x 40 ms a slice, in the
+    pipeline about 40 ms (the three threads sleep, so this holds on a busy machine)."""
+    n, step = 12, 0.04
+
+    def slow_slices():
+        for i in range(n):
+            time.sleep(step)
+            yield np.full((8, 8), i / 100, np.float32)
+
+    class SlowModel(IndexModel):
+        def forward(self, images):
+            time.sleep(step * images.shape[0])
+            return super().forward(images)
+
+    start = time.perf_counter()
+    segment_slices(SlowModel(), slow_slices(), normalize=False, progress=False, writer=lambda i, lab: time.sleep(step))
+    pipelined = time.perf_counter() - start
+    start = time.perf_counter()
+    segment_slices(
+        SlowModel(),
+        slow_slices(),
+        normalize=False,
+        prefetch=0,
+        writeback=0,
+        progress=False,
+        writer=lambda i, lab: time.sleep(step),
+    )
+    serial = time.perf_counter() - start
+    assert serial >= 3 * n * step
+    assert pipelined < 0.6 * serial, (pipelined, serial)

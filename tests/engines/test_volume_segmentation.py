@@ -12,7 +12,9 @@ import tifffile
 import torch
 from torch import nn
 
-from scsam_monai.data.io import Volume, open_volume
+from scsam_monai.data.palette import class_colour, colourise
+from scsam_monai.data.readers import Volume, open_volume
+from scsam_monai.data.writers import open_writer
 from scsam_monai.engines import volume_writer
 from scsam_monai.engines.volume_writer import list_inputs, segment_inputs, segment_volume
 
@@ -37,10 +39,10 @@ def _volume(depth: int = 5, h: int = 16, w: int = 12) -> np.ndarray:
 
 
 def _expected(array: np.ndarray) -> np.ndarray:
+    from scsam_monai.data.normalize import normalize_slice
     from scsam_monai.data.transforms import merge_class_logits
-    from scsam_monai.engines.volume_inference import normalize_slice
 
-    x = torch.stack([normalize_slice(s) for s in array])
+    x = torch.from_numpy(np.stack([normalize_slice(s) for s in array]))[:, None]
     return merge_class_logits(ThresholdModel()(x), 0.5)[:, 0].numpy().astype(np.uint8)
 
 
@@ -60,7 +62,7 @@ def _write_input(fmt: str, path, array: np.ndarray):
         source = Volume(
             source="x", format="tiff", shape=array.shape, dtype=array.dtype, read=None, spacing=SPACING, unit="µm"
         )
-        writer = volume_writer.open_writer(path, fmt, array.shape, array.dtype, source)
+        writer = open_writer(path, fmt, array.shape, array.dtype, source)
         for i, plane in enumerate(array):
             writer.write(i, plane)
         writer.close()
@@ -109,6 +111,33 @@ def test_nifti_on_request_and_probability_maps(tmp_path):
         values = prob.read()
         assert values.dtype == np.float32 and values.min() >= 0 and values.max() <= 1
     assert len(record["overlays"]) == 2
+
+
+def test_2d_tiff_image_gives_a_2d_uint8_label_map_named_after_it(tmp_path):
+    image = _volume(1)[0]
+    tifffile.imwrite(tmp_path / "slice_07.tif", image)
+    (record,) = segment_inputs(ThresholdModel(), tmp_path / "slice_07.tif", tmp_path / "out", progress=False)
+    assert record["format"] == "tiff" and record["label"] == str(tmp_path / "out" / "slice_07_seg.tif")
+    label = tifffile.imread(record["label"])
+    assert label.shape == image.shape and label.dtype == np.uint8
+    np.testing.assert_array_equal(label, _expected(image[None])[0])
+
+
+def test_inference_overlay_colours_classes_with_the_evaluation_palette(tmp_path):
+    from PIL import Image
+
+    image = np.linspace(0, 255, 16 * 12).reshape(16, 12).astype(np.uint8)
+    label = np.zeros((16, 12), np.uint8)
+    label[2:6, 2:6], label[8:12, 2:6], label[8:12, 7:11] = 1, 2, 3
+    path = volume_writer.write_overlay(tmp_path / "overlay.png", image, label, alpha=0.45)
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(np.float64)
+    assert rgb.shape == (16, 24, 3)
+    np.testing.assert_allclose(rgb[:, 12:], np.round(colourise(image, label, alpha=0.45) * 255), atol=1)
+    grey = rgb[:, :12, 0] / 255
+    for k, (y, x) in zip((1, 2, 3), ((3, 3), (9, 3), (9, 8)), strict=True):
+        expected = (0.55 * grey[y, x] + 0.45 * class_colour(k)) * 255
+        np.testing.assert_allclose(rgb[y, 12 + x], expected, atol=1.5)
+    np.testing.assert_array_equal(rgb[0, 12:], rgb[0, :12])  # background stays grey
 
 
 def test_png_image_gives_png_label_and_folder_lists_each_input(tmp_path):
@@ -161,6 +190,95 @@ def test_volume_is_streamed_in_bounded_memory(tmp_path, monkeypatch):
         ThresholdModel(), "generated.zarr", tmp_path, batch_size=4, overlay_slices=None, progress=False
     )
     assert state["written"] == depth
-    assert state["ahead"] <= 4 * (1 + 2) + 1  # batch_size * (prefetch + 2), as segment_slices promises
+    assert state["ahead"] <= 4 * (2 + 2 + 3)  # batch_size * (prefetch + writeback + 3), as segment_slices promises
     with open_volume(record["label"]) as out:
         assert out.shape == (depth, h, w)
+
+
+class FailingModel(ThresholdModel):
+    """Fails on its second call (after the first batch's label maps went to the writers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("device lost")
+        return super().forward(images)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name"), [("tiff", "vol.tif"), ("hdf5", "vol.h5"), ("zarr", "vol.zarr"), ("png", "vol.png")]
+)
+@pytest.mark.parametrize("failure", ["read", "model"])
+def test_a_failed_run_leaves_no_partial_output_and_keeps_the_old_one(tmp_path, monkeypatch, fmt, name, failure):
+    array = _volume(depth=6)
+
+    def read(index):
+        if failure == "read" and index[0] == 4:
+            raise OSError("page 4 is truncated")
+        return array[index]
+
+    volume = Volume(source=str(tmp_path / name), format=fmt, shape=array.shape, dtype=array.dtype, read=read)
+    monkeypatch.setattr(volume_writer, "open_volume", lambda path, key=None: volume)
+    out = tmp_path / "out"
+    out.mkdir()
+    if fmt == "tiff":  # an older result stays until a complete new one replaces it
+        tifffile.imwrite(out / "vol_seg.tif", np.full(array.shape, 7, np.uint8))
+    before = sorted(p.name for p in out.iterdir())
+    model = FailingModel() if failure == "model" else ThresholdModel()
+    expected = "slice 4 \\(of 6\\) cannot be read.*truncated" if failure == "read" else "device lost"
+    with pytest.raises(Exception, match=expected):
+        segment_volume(
+            model,
+            name,
+            out,
+            batch_size=2,
+            output_format=fmt,
+            probabilities=True,
+            class_names=list("0abc"),
+            overlay_slices=[0],
+            progress=False,
+        )
+    assert sorted(p.name for p in out.iterdir()) == before  # no partial file, probability map or overlay
+    if fmt == "tiff":
+        assert (tifffile.imread(out / "vol_seg.tif") == 7).all()
+
+
+def test_unknown_image_normalization_is_refused_before_anything_is_written(tmp_path):
+    _write_input("tiff", tmp_path / "vol.tif", _volume())
+    with pytest.raises(ValueError, match="image_normalization must be one of"):
+        segment_inputs(ThresholdModel(), tmp_path / "vol.tif", tmp_path / "out", image_normalization="volume")
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepared_normalises_a_raw_input_per_volume_and_datalist_slices_as_training_read_them(tmp_path):
+    from scsam_monai.data.normalize import PREPARED_SLICE_WINDOW, normalize_slice, volume_window
+    from scsam_monai.data.transforms import merge_class_logits
+
+    raw = (_volume(depth=4).astype(np.uint16) * 40 + 1000) * np.arange(1, 5, dtype=np.uint16)[:, None, None]
+    _write_input("tiff", tmp_path / "raw.tif", raw)
+    (record,) = segment_inputs(ThresholdModel(), tmp_path / "raw.tif", tmp_path / "out", image_normalization="prepared")
+    window = volume_window(iter(raw), source="raw.tif")
+    assert record["image_normalization"] == "prepared" and record["intensity_window"]["low"] == window.low
+    x = torch.from_numpy(np.stack([normalize_slice(s, window) for s in raw]))[:, None]
+    expected = merge_class_logits(ThresholdModel()(x))[:, 0].numpy()
+    np.testing.assert_array_equal(tifffile.imread(record["label"]), expected)
+
+    # a datalist split of prepared (uint8) slices: 0..255 -> 0..1, train.yaml's "prepared" transform
+    image = _volume(depth=1)[0]
+    tifffile.imwrite(tmp_path / "s0.tif", image)
+    (tmp_path / "datalist.json").write_text(json.dumps({"test": [{"image": str(tmp_path / "s0.tif")}]}))
+    (record,) = segment_inputs(
+        ThresholdModel(),
+        None,
+        tmp_path / "out2",
+        datalist=tmp_path / "datalist.json",
+        split="test",
+        image_normalization="prepared",
+    )
+    assert record["intensity_window"] == PREPARED_SLICE_WINDOW.as_dict()
+    x = torch.from_numpy(image.astype(np.float32) / 255)[None, None]
+    np.testing.assert_array_equal(tifffile.imread(record["label"]), merge_class_logits(ThresholdModel()(x))[0, 0])

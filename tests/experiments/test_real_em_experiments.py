@@ -8,37 +8,32 @@ turns a prepared real-EM datalist into the tables and figures; the whole method 
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from tests.helpers import REAL_EM_SAMPLE as SAMPLE
+from tests.helpers import run_command
+
 pytestmark = pytest.mark.slow
 
-SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "drosophila-vnc-sstem"
 CLASSES = ["mitochondria", "synapses", "membranes"]
-
-
-def _run(cmd: list[str], cwd: Path) -> None:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=1800, env=env)
-    assert result.returncode == 0, f"{cmd[:3]}:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+QUIET = {"PYTHONWARNINGS": "ignore"}
 
 
 @pytest.mark.skipif(not SAMPLE.is_dir(), reason="real EM sample ../shared/data/drosophila-vnc-sstem absent")
 def test_one_command_writes_the_comparison_on_real_em(tmp_path, repo_root):
     data = tmp_path / "sstem"
     masks = [a for c in CLASSES for a in ("--mask", f"{c}={SAMPLE / c}")]
-    _run([sys.executable, str(repo_root / "scripts/prepare_data.py"), "--image", str(SAMPLE / "raw"), *masks,
-          "--train-slices", "0:8", "--val-slices", "11:14", "--test-slices", "16:20", "--downscale", "4",
-          "--out", str(data), "--quiet"], tmp_path)  # fmt: skip
+    run_command([sys.executable, str(repo_root / "scripts/prepare_data.py"), "--image", str(SAMPLE / "raw"), *masks,
+                 "--train-slices", "0:8", "--val-slices", "11:14", "--test-slices", "16:20", "--downscale", "4",
+                 "--out", str(data), "--quiet"], cwd=tmp_path, env=QUIET)  # fmt: skip
     out = tmp_path / "out"
-    _run([sys.executable, str(repo_root / "scripts/run_experiments.py"), "--datalist", str(data / "datalist.json"),
-          "--profile", "tiny", "--out", str(out), "--methods", "scsam,unet,zero_shot_sam",
-          "--override", "image_normalization=prepared"], tmp_path)  # fmt: skip
+    run_command([sys.executable, str(repo_root / "scripts/run_experiments.py"),
+                 "--datalist", str(data / "datalist.json"), "--profile", "tiny", "--out", str(out),
+                 "--methods", "scsam,unet,zero_shot_sam", "--override", "image_normalization=prepared"],
+                cwd=tmp_path, env=QUIET, timeout=1800)  # fmt: skip
     with open(out / "results.csv", newline="") as handle:
         rows = {r["method"]: r for r in csv.DictReader(handle)}
     assert set(rows) == {"scsam", "unet", "zero_shot_sam"}

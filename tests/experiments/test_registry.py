@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from monai.bundle import ConfigParser
 
 from scsam_monai.bundle_cli import CONFIGS_DIR
 from scsam_monai.experiments.registry import GROUPS, METHODS, select_methods
-from scsam_monai.experiments.runner import PROFILES, _config_files
+from scsam_monai.experiments.runner import PROFILES, _config_files, plan_row
 from scsam_monai.networks.scsam import count_trainable_parameters
 
 
@@ -30,10 +33,10 @@ def test_select_by_name_and_group():
         select_methods(["nope"])
 
 
-def _network(method_name: str):
+def _network(method_name: str, profile: str = "tiny"):
     method = next(m for m in METHODS if m.name == method_name)
     parser = ConfigParser()
-    parser.read_config(_config_files(method, "tiny"))
+    parser.read_config(_config_files(method, profile))
     parser.update({"bundle_root": str(CONFIGS_DIR.parent)})
     return parser, parser.get_parsed_content("network_def")
 
@@ -80,3 +83,60 @@ def test_supervised_overlays_build_the_network_on_the_profile_canvas(name, cls):
         assert type(loss).__name__ == "StackedDeepSupervisionLoss"
         loss = loss.loss
     assert type(loss).__name__ == "DiceCELoss"
+
+
+def test_every_trainable_row_gets_the_budget_overlay_before_the_profile():
+    for method in METHODS:
+        names = [Path(f).name for f in _config_files(method, "small")]
+        assert names[-1] == "small.yaml"
+        assert ("budget.yaml" in names) == (method.kind != "zero_shot"), method.name
+        if method.kind != "zero_shot":
+            assert names[-2] == "budget.yaml"
+
+
+def test_budget_overlay_adds_early_stopping_to_the_trainer_handlers(tmp_path):
+    parser = ConfigParser()
+    parser.read_config(_config_files(next(m for m in METHODS if m.name == "unet"), "tiny"))
+    parser.update({"output_dir": str(tmp_path), "early_stopping_patience": 3})
+    assert parser.get("train#trainer#train_handlers") == "$@train#handlers + [@early_stopping]"
+    assert parser.get("early_stopping#validator") == "@validate#evaluator"
+    assert parser.get_parsed_content("early_stopping#patience") == 3
+
+
+def test_the_random_mae_twin_keeps_random_weights_whatever_the_user_overrides():
+    twin = next(m for m in METHODS if m.name == "mae_only_random")
+    assert twin.groups == {"main": "MAE* (random MAE)"}
+    assert twin.overrides == {"mae_checkpoint": None, "mae_allow_random_weights": True}
+    parser = ConfigParser()
+    parser.read_config(_config_files(twin, "full"))
+    parser.update({"mae_checkpoint": "bundle/models/mae_encoder.pt", **twin.overrides})  # the runner's order
+    assert parser.get_parsed_content("head#streams") == "mae_only"
+    assert parser.get_parsed_content("mae_checkpoint") is None
+    assert parser.get_parsed_content("mae_allow_random_weights") is True
+
+
+def test_small_profile_rows_and_their_budget(tmp_path):
+    small = PROFILES["small"]
+    assert set(small["methods"]) == {"scsam", "sam_only", "mae_only", "mae_only_random", "unet", "dynunet"}
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": [{"image": "x", "label": "y"}] * 12}))
+    plans = {}
+    for name in ("scsam", "unet"):
+        method = next(m for m in METHODS if m.name == name)
+        files = _config_files(method, "small")
+        plans[name] = plan_row(method, files, {"datalist": str(datalist)}, small["budget_per_slice"])
+    scsam, unet = plans["scsam"], plans["unet"]
+    assert scsam.budget_samples == unet.budget_samples == 12 * 32  # the same samples for every row
+    assert (scsam.max_epochs, unet.max_epochs) == (8, 32)  # 4 cached views per epoch against one view
+    assert scsam.max_epochs * scsam.samples_per_epoch == unet.max_epochs * unet.samples_per_epoch
+    # both validate after the same samples (every ScSAM epoch, every 4th supervised epoch)
+    assert scsam.validation_interval * scsam.samples_per_epoch == unet.validation_interval * unet.samples_per_epoch
+    assert (scsam.steps_per_epoch, unet.steps_per_epoch) == (6, 2)  # batch 8 for all rows in the small profile
+
+
+def test_small_profile_builds_tiny_encoders_and_the_same_canvas_for_supervised_rows():
+    parser, network = _network("dynunet", "small")
+    assert type(network).__name__ == "DynUNet" and parser.get_parsed_content("canvas_size") == 256
+    parser, _ = _network("scsam", "small")
+    assert parser.get_parsed_content("sam_arch") == parser.get_parsed_content("mae_arch") == "tiny"
+    assert parser.get_parsed_content("canvas_size") == 256 and parser.get_parsed_content("views_per_image") == 4

@@ -5,7 +5,16 @@ from __future__ import annotations
 import csv
 import math
 
-from scsam_monai.experiments.report import format_markdown, table_rows, write_csv
+from PIL import Image
+
+from scsam_monai.experiments.report import (
+    budget_lines,
+    format_markdown,
+    plot_learning_curves,
+    table_rows,
+    weights_lines,
+    write_csv,
+)
 
 CLASSES = ["background", "nucleus", "mitochondria", "granules"]
 
@@ -14,6 +23,7 @@ def _record(name, groups, dice_mean, params, **extra):
     scores = {
         "challenge_iou": 0.5,
         "miou": 0.4,
+        "mc_iou": 0.35,
         "aji": math.nan,
         "dice_mean": dice_mean,
         "dice": {1: 0.9, 2: 0.5, 3: math.nan},
@@ -22,9 +32,19 @@ def _record(name, groups, dice_mean, params, **extra):
 
 
 RECORDS = [
-    _record("scsam", {"main": "ScSAM", "lambda": "lambda = 0.2 (ScSAM)"}, 0.7, 27_600_000, time_to_best_s=12.5),
+    _record(
+        "scsam",
+        {"main": "ScSAM", "lambda": "lambda = 0.2 (ScSAM)"},
+        0.7,
+        27_600_000,
+        time_to_best_s=12.5,
+        optimizer_steps=120,
+        samples_seen=960,
+        best_epoch=7,
+        stopped_early=True,
+    ),
     _record("lambda_0.1", {"lambda": "lambda = 0.1"}, 0.6, 27_600_000, seed=3, config_files=["a.yaml", "b.yaml"]),
-    _record("unet", {"supervised": "UNet"}, 0.5, 1_630_000, inference_s_per_image=0.02),
+    _record("unet", {"supervised": "UNet"}, 0.5, 1_630_000, inference_s_per_image=0.02, stopped_early=False),
 ]
 
 
@@ -43,13 +63,24 @@ def test_a_method_in_several_groups_gives_a_row_in_each_in_group_order():
 def test_markdown_has_one_table_per_group_with_the_papers_columns():
     text = format_markdown(table_rows(RECORDS, CLASSES), CLASSES, header=["- profile: tiny"])
     assert "- profile: tiny" in text
-    assert text.count("| method | Challenge IoU | mIoU | AJI | Dice nucleus | Dice mitochondria | Dice granules |") == 3
+    head = "| method | Challenge IoU | pooled IoU | mcIoU | AJI | Dice nucleus | Dice mitochondria | Dice granules |"
+    assert text.count(head) == 3
+    assert "| trainable params | steps | images seen | best epoch | stop |" in text
     assert "## Main comparison" in text and "## Ablation: weight lambda" in text and "## Ablation: fusion" not in text
     line = next(row for row in text.splitlines() if row.startswith("| ScSAM |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[1:4] == ["0.5000", "0.4000", "n/a"]  # NaN AJI is "n/a"
-    assert "27.60M" in cells and "12.50" in cells
-    assert "| UNet |" in text and "1.63M" in text
+    assert cells[1:5] == ["0.5000", "0.4000", "0.3500", "n/a"]  # pooled and class-mean IoU; NaN AJI is "n/a"
+    assert cells[9:14] == ["27.60M", "120", "960", "7", "early"] and "12.50" in cells
+    unet = [c.strip() for c in next(r for r in text.splitlines() if r.startswith("| UNet |")).strip("|").split("|")]
+    assert unet[9] == "1.63M" and unet[13] == "budget"
+
+
+def test_markdown_says_which_definition_each_iou_column_uses():
+    text = format_markdown(table_rows(RECORDS, CLASSES), CLASSES)
+    assert "| mIoU |" not in text  # the ambiguous name is not a column
+    definitions = {line.split(":")[0] for line in text.splitlines() if line.startswith("- ")}
+    assert {"- Challenge IoU", "- pooled IoU (`miou`)", "- mcIoU (`mc_iou`)", "- AJI"} <= definitions
+    assert "sum of intersections over the sum of unions" in text and "mean over classes" in text
 
 
 def test_csv_round_trips_with_empty_cells_for_undefined_values(tmp_path):
@@ -59,3 +90,24 @@ def test_csv_round_trips_with_empty_cells_for_undefined_values(tmp_path):
     assert len(rows) == 4
     assert rows[0]["aji"] == "" and rows[0]["dice_granules"] == ""
     assert float(rows[0]["dice_mean"]) == 0.7 and int(rows[1]["trainable_parameters"]) == 1_630_000
+    assert float(rows[0]["mc_iou"]) == 0.35 and rows[0]["samples_seen"] == "960" and rows[0]["stopped_early"] == "True"
+
+
+def test_learning_curves_share_the_samples_axis(tmp_path):
+    curves = {
+        "ScSAM": {"epoch": [0, 1, 2], "samples": [0, 40, 80], "val_dice": [0.1, 0.4, 0.5]},
+        "UNet": {"epoch": [0, 4, 8], "samples": [0, 40, 80], "val_dice": [0.1, 0.3, 0.6]},
+    }
+    path = plot_learning_curves(curves, tmp_path / "curves.png")
+    with Image.open(path) as image:
+        assert image.width > 400
+
+
+def test_header_states_the_budget_and_what_random_weights_mean():
+    (line,) = budget_lines(32, 4, 4)
+    assert "32 training samples per training slice" in line and "ScSAM-type rows 8 epochs" in line
+    assert "supervised rows 32 epochs" in line and "after 4 validations" in line
+    assert budget_lines(4, 2, 0)[0].endswith("no early stopping")
+    assert weights_lines([], tiny=True) == []
+    assert "not results" in weights_lines(["SAM encoder 'tiny' has RANDOM weights"], tiny=True)[0]
+    assert "random features" in weights_lines(["SAM encoder 'tiny' has RANDOM weights"], tiny=False)[0]

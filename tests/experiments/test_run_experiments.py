@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
 import sys
 
 import pytest
@@ -17,6 +15,7 @@ from PIL import Image
 
 from scsam_monai.data.synthetic import write_synthetic_dataset
 from scsam_monai.experiments.registry import GROUPS, METHODS
+from tests.helpers import run_command
 
 pytestmark = pytest.mark.slow
 
@@ -26,15 +25,10 @@ def experiments(tmp_path_factory, repo_root):
     root = tmp_path_factory.mktemp("experiments")
     datalist = write_synthetic_dataset(root / "synthetic")
     out = root / "out"
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     cmd = [sys.executable, str(repo_root / "scripts" / "run_experiments.py"), "--datalist", str(datalist)]
     cmd += ["--profile", "tiny", "--out", str(out)]
     # its wall time is a target (10 min on 2 cores; docs/experiments.md lists measured times), not a test
-    result = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=1800, env=env)
-    if result.returncode != 0:
-        raise AssertionError(
-            f"run_experiments failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-        )
+    run_command(cmd, cwd=root, env={"PYTHONWARNINGS": "ignore"}, timeout=1800)
     return out
 
 
@@ -98,8 +92,7 @@ def test_a_row_reruns_from_its_saved_command(experiments):
     out = experiments
     run = out / "runs" / "unet"
     (run / "models" / "model.pt").unlink()
-    result = subprocess.run(["bash", str(run / "command.sh")], cwd=out, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_command(["bash", run / "command.sh"], cwd=out, timeout=600)
     assert (run / "models" / "model.pt").is_file()
 
 
@@ -113,9 +106,7 @@ def test_cross_dataset_rows_when_the_datalist_names_two_subsets(tmp_path, repo_r
     out = tmp_path / "out"
     cmd = [sys.executable, str(repo_root / "scripts" / "run_experiments.py"), "--datalist", str(datalist)]
     cmd += ["--profile", "tiny", "--out", str(out), "--methods", "unet"]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_command(cmd, cwd=tmp_path, env={"PYTHONWARNINGS": "ignore"}, timeout=600)
     text = (out / "results.md").read_text()
     assert f"## {GROUPS['cross_dataset']}" in text
     assert "| UNet: high -> low |" in text and "| UNet: low -> high |" in text

@@ -1,4 +1,4 @@
-"""Datalist handling of the runner: absolute paths, per-profile caps, subsets and cross-dataset datalists."""
+"""Datalists of the experiments: absolute paths, per-profile caps, subsets and cross-dataset datalists."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from scsam_monai.experiments.runner import cross_dataset_datalists, prepare_datalist, split_subsets
+from scsam_monai.experiments.datalists import cross_dataset_datalists, prepare_datalist, split_subsets
 from scsam_monai.experiments.supervised import CanvasInferer
 
 

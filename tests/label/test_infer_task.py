@@ -11,7 +11,7 @@ itk = pytest.importorskip("itk")
 
 from fastapi import HTTPException  # noqa: E402
 
-from scsam_monai.data.io import open_volume  # noqa: E402
+from scsam_monai.data.readers import open_volume  # noqa: E402
 from scsam_monai.label.bundle import BundleSettings  # noqa: E402
 from scsam_monai.label.infer import ScSAMInferTask, write_label  # noqa: E402
 

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from scsam_monai.data.io import open_volume
+from scsam_monai.data.readers import open_volume
+from tests.helpers import free_port
 
 from .conftest import IMAGE_SIZE, bad_files, make_studies
 
@@ -35,12 +35,6 @@ requests = pytest.importorskip("requests")
 MODEL = "scsam"
 START_TIMEOUT = 180
 TRAIN_TIMEOUT = 600
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _untrained_head(path: Path) -> Path:
@@ -61,7 +55,7 @@ class Server:
         shutil.copytree(
             repo_root / "apps" / "scsam", self.app, ignore=shutil.ignore_patterns("model", "logs", "lib", "bin")
         )
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = work / "server.log"
         script = Path(sys.executable).parent / "monailabel"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -10,15 +11,15 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from scsam_monai.mae.engine import find_resume_checkpoint, warmup_cosine_schedule
+from scsam_monai.mae.engine import PREDICT_NOTHING_KEY, find_resume_checkpoint, warmup_cosine_schedule
 from scsam_monai.mae.handlers import EngineState, EpochSeed, LossHistory
 
 
-def _lrs(warmup: int, total: int, epochs: int) -> list[float]:
+def _lrs(warmup: int, total: int, steps: int) -> list[float]:
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    schedule = warmup_cosine_schedule(optimizer, warmup_epochs=warmup, max_epochs=total)
+    schedule = warmup_cosine_schedule(optimizer, warmup_steps=warmup, total_steps=total)
     lrs = []
-    for _ in range(epochs):
+    for _ in range(steps):
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         schedule.step()
@@ -30,18 +31,21 @@ def test_warmup_then_cosine():
     assert lrs[:2] == pytest.approx([0.5, 1.0])
     assert lrs[2:] == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)])
     assert _lrs(0, 4, 4)[0] == pytest.approx(1.0)
+    assert _lrs(10, 4, 4) == pytest.approx([0.25, 0.5, 0.75, 1.0])  # warm-up clipped to the run
+    with pytest.raises(ValueError, match="total_steps"):
+        _lrs(1, 0, 1)
 
 
-def test_schedule_state_holds_the_epoch_not_the_length():
-    """A resumed run with a longer max_epochs follows the longer schedule from the saved epoch."""
+def test_schedule_state_holds_the_step_not_the_length():
+    """A resumed run with a longer budget follows the longer schedule from the saved step."""
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    short = warmup_cosine_schedule(optimizer, warmup_epochs=0, max_epochs=4)
+    short = warmup_cosine_schedule(optimizer, warmup_steps=0, total_steps=4)
     for _ in range(2):
         optimizer.step()
         short.step()
     state = short.state_dict()
     optimizer2 = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    longer = warmup_cosine_schedule(optimizer2, warmup_epochs=0, max_epochs=8)
+    longer = warmup_cosine_schedule(optimizer2, warmup_steps=0, total_steps=8)
     longer.load_state_dict(state)
     optimizer2.step()
     longer.step()
@@ -68,15 +72,32 @@ def test_find_resume_checkpoint(tmp_path):
 
 def test_loss_history_is_checkpointable(tmp_path):
     history = LossHistory(tmp_path)
-    engine = Engine(lambda e, b: {"loss": torch.tensor(float(b))})
+    engine = Engine(lambda e, b: {"loss": torch.tensor(float(b)), PREDICT_NOTHING_KEY: torch.tensor(1.0)})
+    engine.optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5)
     history.attach(engine)
     engine.run([1, 3], max_epochs=2)
-    assert history.state_dict() == {"epochs": [1, 2], "losses": [2.0, 2.0]}
+    assert history.state_dict() == {
+        "epochs": [1, 2],
+        "steps": [2, 4],
+        "losses": [2.0, 2.0],
+        "predict_nothing": [1.0, 1.0],
+        "learning_rates": [0.5, 0.5],
+    }
     assert engine.state.metrics["mae_epoch_loss"] == 2.0
-    assert (tmp_path / "mae_loss.png").stat().st_size > 1000 and (tmp_path / "mae_loss.json").is_file()
+    assert (tmp_path / "mae_loss.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "mae_loss.json").read_text()) == {
+        "epoch": [1, 2],
+        "step": [2, 4],
+        "loss": [2.0, 2.0],
+        "predict_nothing": [1.0, 1.0],
+        "lr": [0.5, 0.5],
+    }
     restored = LossHistory(tmp_path)
     restored.load_state_dict(history.state_dict())
-    assert restored.epochs == [1, 2] and restored.losses == [2.0, 2.0]
+    assert restored.state_dict() == history.state_dict()
+    older = LossHistory(tmp_path)
+    older.load_state_dict({"epochs": [1], "losses": [2.0]})  # a checkpoint of the epoch-only history
+    assert older.epochs == [1] and older.steps == [] and older.losses == [2.0]
 
 
 def test_engine_state_checkpoints_the_engine_it_is_attached_to():
@@ -110,3 +131,29 @@ def test_epoch_seed_depends_on_seed_and_epoch_only():
     EpochSeed(seed=5).attach(engine2)
     engine2.run([0], max_epochs=3)
     assert again == draws and len(set(draws)) == 3
+
+
+def test_train_step_reports_the_predict_nothing_level():
+    """The step's output carries the loss of an all-zero prediction: (n - 1) / n for normalised n-pixel patches."""
+    from monai.engines import SupervisedTrainer
+
+    from scsam_monai.mae.engine import MaeTrainStep
+    from scsam_monai.mae.model import MaskedAutoencoder, MaskedPatchLoss
+
+    torch.manual_seed(0)
+    network = MaskedAutoencoder(arch="tiny", depth=1)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=[{"image": torch.rand(2, 1, 64, 64)}],
+        epoch_length=1,
+        network=network,
+        optimizer=torch.optim.SGD(network.parameters(), lr=0.0),
+        loss_function=MaskedPatchLoss(),
+        iteration_update=MaeTrainStep(),
+        decollate=False,
+    )
+    trainer.run()
+    output = trainer.state.output
+    assert float(output[PREDICT_NOTHING_KEY]) == pytest.approx(15 / 16, rel=1e-3)  # 4x4 patches, unbiased variance
+    assert output["image"].shape == (2, 1, 64, 64) and float(output["loss"]) > 0

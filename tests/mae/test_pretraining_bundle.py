@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,14 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
-from scsam_monai.bundle_cli import bundle_command
 from scsam_monai.data.synthetic import write_synthetic_dataset
 from scsam_monai.networks.encoders import FrozenMaeEncoder
+from tests.helpers import REAL_EM_SAMPLE as REAL_EM
+from tests.helpers import run_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = [str(REPO / "bundle/configs/pretrain_mae.yaml"), str(REPO / "bundle/configs/pretrain_demo.yaml")]
 META = str(REPO / "bundle/configs/metadata.json")
-REAL_EM = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "drosophila-vnc-sstem"
 
 # a few small synthetic slices: 2 iterations of 8 crops per epoch
 SMALL = {"batch_size": 8, "crops_per_image": 2, "num_workers": 0}
@@ -52,14 +51,6 @@ def _loss(path: Path) -> dict:
     return json.loads((path / "mae_loss.json").read_text())
 
 
-def _bundle_cli(run_id: str, configs: list[str], overrides: dict, cwd: Path) -> str:
-    cmd = bundle_command(run_id, configs, overrides=overrides, meta_file=META)
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-4000:]
-    return log
-
-
 @pytest.fixture(scope="module")
 def pretrained(synthetic, tmp_path_factory) -> tuple[Path, Path, str]:
     """One pre-training run through the bundle command line (the user's command), 4 short epochs."""
@@ -67,7 +58,8 @@ def pretrained(synthetic, tmp_path_factory) -> tuple[Path, Path, str]:
     out, export = work / "out", work / "models" / "mae_encoder.pt"
     overrides = {**SMALL, "dataset_dir": synthetic, "output_dir": out, "export_path": export, "max_epochs": 4}
     overrides.update(save_interval=2, png_interval=2, learning_rate=0.002)
-    return out, export, _bundle_cli("pretraining", CONFIGS, overrides, cwd=work)
+    result = run_bundle("pretraining", CONFIGS, overrides, cwd=work, timeout=600)
+    return out, export, result.stdout + result.stderr
 
 
 def test_one_bundle_command_pretrains_and_exports_the_encoder(pretrained):
@@ -109,7 +101,8 @@ def test_scsam_trains_on_the_pretrained_mae_embeddings_through_the_bundle(pretra
         "train#batch_size": 4,
         "train#trainer#max_epochs": 1,
     }
-    log = _bundle_cli("training", configs, overrides, cwd=tmp_path)
+    result = run_bundle("training", configs, overrides, cwd=tmp_path, timeout=600)
+    log = result.stdout + result.stderr
     assert "FrozenMaeEncoder(arch='tiny') is using RANDOM" not in log  # the MAE stream is the pre-trained one
     assert (tmp_path / "out" / "models" / "checkpoint_final.pt").is_file()
     key = FrozenMaeEncoder(arch="tiny", checkpoint=export).cache_key

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
+from functools import partial
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT
 
 import scsam_monai.networks.encoders as encoders_module
+import scsam_monai.networks.precision as precision_module
 from scsam_monai.networks.checkpoints import (
     load_mae_checkpoint,
     load_mae_state_dict,
@@ -27,6 +29,7 @@ from scsam_monai.networks.encoders import (
     FrozenSamEncoder,
 )
 from scsam_monai.networks.geometry import longest_side_size
+from scsam_monai.networks.precision import resolve_precision
 
 LOGGER = "scsam_monai.networks.encoders"
 
@@ -196,6 +199,12 @@ def test_random_weights_are_deterministic_and_leave_global_rng_alone(cls, sam, m
     assert a.cache_key != b.cache_key
 
 
+class _NoBlocks(nn.Module):
+    """A stand-in for a large ViT: no transformer blocks to swap attention in."""
+
+    blocks = ()
+
+
 def test_cache_keys(sam, mae, monkeypatch):
     assert sam.cache_key == "sam-tiny-random-seed0"
     assert mae.cache_key == "mae-tiny-t128-random-seed0"
@@ -206,7 +215,7 @@ def test_cache_keys(sam, mae, monkeypatch):
     assert normalised.cache_key == "mae-tiny-t128-random-seed0-norm0.4_0.2"
     torch.testing.assert_close(normalised.preprocess(torch.full((1, 1, 8, 8), 0.6)), torch.ones(1, 1, 256, 256))
     # another arch: a stand-in module avoids building ViT-B on the CPU
-    monkeypatch.setattr(encoders_module, "ImageEncoderViT", lambda **kwargs: nn.Linear(1, 1))
+    monkeypatch.setattr(encoders_module, "ImageEncoderViT", lambda **kwargs: _NoBlocks())
     vit_b = FrozenSamEncoder(arch="vit_b", allow_random_weights=True)
     assert vit_b.cache_key == "sam-vit_b-random-seed0" and vit_b.img_size == 1024
     assert vit_b.embedding_shape == (256, 64, 64)
@@ -489,3 +498,56 @@ def test_mae_export_records_its_architecture(tmp_path):
         FrozenMaeEncoder(arch="tiny", checkpoint=path, depth=1)
     with pytest.raises(ValueError, match="pre-trained with MAE arch 'tiny'.*mae_arch: tiny"):
         FrozenMaeEncoder(arch="mae_vit_512", checkpoint=path)
+
+
+# --------------------------------------------------------------------------------------------- SAM speed paths
+
+
+def test_sam_precision_and_attention_switches_keep_the_reference_function(monkeypatch):
+    images = torch.rand(2, 1, 96, 80, generator=torch.Generator().manual_seed(0))
+    reference = FrozenSamEncoder(arch="tiny", allow_random_weights=True, precision="fp32", attention="reference")
+    fused32 = FrozenSamEncoder(arch="tiny", allow_random_weights=True, precision="fp32")
+    bf16 = FrozenSamEncoder(arch="tiny", allow_random_weights=True, precision="bf16")
+    assert list(fused32.state_dict()) == list(reference.state_dict())  # the swap keeps every key
+    assert (reference.attention, fused32.attention) == ("reference", "fused")
+    expected = reference(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # "fp32" switches an outer autocast off
+        out32 = fused32(images)
+    assert out32.dtype == torch.float32 and float((out32 - expected).norm() / expected.norm()) < 1e-5
+    out16 = bf16(images)
+    assert out16.dtype == torch.float32 and 0 < float((out16 - expected).norm() / expected.norm()) < 0.02
+    # "auto" on a CPU: bf16 only where the CPU has native bf16 instructions
+    auto = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
+    assert auto.compute_dtype() is None and torch.equal(auto(images), fused32(images))
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: True)
+    assert auto.compute_dtype() == torch.bfloat16 and torch.equal(auto(images), bf16(images))
+
+
+def test_sam_speed_switches_are_checked():
+    with pytest.raises(ValueError, match="precision"):
+        FrozenSamEncoder(arch="tiny", allow_random_weights=True, precision="int8")
+    with pytest.raises(ValueError, match="attention"):
+        FrozenSamEncoder(arch="tiny", allow_random_weights=True, attention="flash")
+    with pytest.raises(ValueError, match="fp16"):
+        resolve_precision("fp16", "cpu")
+    assert resolve_precision("fp32", "cuda") is None and resolve_precision("bf16", "cpu") == torch.bfloat16
+
+
+def test_sam_checkpoint_loads_strictly_into_the_fused_encoder(tmp_path):
+    """An official-format checkpoint (segment-anything's key names) loads into the fused encoder unchanged."""
+    torch.manual_seed(7)
+    official = ImageEncoderViT(
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        **{k: v for k, v in SAM_ARCHITECTURES["tiny"].items() if k != "layer_norm_eps"},
+    )
+    state = {f"image_encoder.{k}": v for k, v in official.state_dict().items()}
+    path = tmp_path / "sam_tiny.pth"
+    torch.save(state, path)
+    enc = FrozenSamEncoder(arch="tiny", checkpoint=path, precision="fp32")
+    assert enc.attention == "fused"
+    for key, value in official.state_dict().items():
+        assert torch.equal(enc.encoder.state_dict()[key], value), key
+    x = enc.preprocess(torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(1)))
+    with torch.no_grad():
+        assert float((enc.encoder(x) - official.eval()(x)).norm() / official(x).norm()) < 1e-5

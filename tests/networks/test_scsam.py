@@ -1,12 +1,15 @@
-"""Tests of scsam_monai.networks.scsam (head, full model) and the batched mask decoder."""
+"""Tests of scsam_monai.networks.scsam (head, full model), its builder and the batched mask decoder."""
 
 from __future__ import annotations
+
+import hashlib
 
 import pytest
 import torch
 from segment_anything.modeling import MaskDecoder, TwoWayTransformer
 
 from scsam_monai.losses import ScSAMLoss
+from scsam_monai.networks.build import HEAD_KEYS, PAPER_HEAD, build_scsam_head
 from scsam_monai.networks.checkpoints import load_sam_state_dict
 from scsam_monai.networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
 from scsam_monai.networks.mask_decoder import build_mask_decoder
@@ -17,7 +20,7 @@ G = 16  # small token grid for speed; the default head uses 64
 
 def _head(**kwargs) -> ScSAMHead:
     torch.manual_seed(0)
-    return ScSAMHead(grid_size=G, canvas_size=4 * G, **kwargs)
+    return build_scsam_head(grid_size=G, canvas_size=4 * G, **kwargs)
 
 
 def _embeddings(b: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,12 +29,58 @@ def _embeddings(b: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_default_head_is_the_paper_configuration():
-    head = ScSAMHead()
+    head = build_scsam_head()
     assert head.num_classes == 3 and head.grid_size == 64 and head.canvas_size == 1024
     assert type(head.fusion).__name__ == "FAFM"
     assert head.prompt_encoder.prompts == "dense+sparse" and head.prompt_encoder.residual
     n = count_trainable_parameters(head)
     assert 5e6 < n < 30e6, n  # FAFM + prompt encoder + SAM decoder (~4M); the paper reports 27.6M
+    assert head.streams == PAPER_HEAD["streams"] and tuple(PAPER_HEAD) == HEAD_KEYS
+
+
+# sha256 of the sorted state-dict keys, as the head built them before the builder existed: trained checkpoints
+# (models/model.pt) and TorchScript exports load only while these stay the same
+_STATE_KEYS = {
+    "paper": (171, "b393e96ce424477e"),
+    "concat": (160, "25263a0e0bb5adb5"),
+    "cross_attention": (164, "824ce9e579e59a1b"),
+    "sam_only": (154, "5d432c26bd1b0cc4"),
+    "mae_only": (154, "5d432c26bd1b0cc4"),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "settings"),
+    [("paper", {}), ("concat", {"fusion": "concat"}), ("cross_attention", {"fusion": "cross_attention"}),
+     ("sam_only", {"streams": "sam_only"}), ("mae_only", {"streams": "mae_only"})],
+)  # fmt: skip
+def test_built_head_keeps_the_state_dict_keys_of_trained_checkpoints(name, settings):
+    keys = sorted(_head(settings=settings).state_dict())
+    assert (len(keys), hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]) == _STATE_KEYS[name]
+
+
+def test_settings_mapping_builds_the_same_head_as_keyword_arguments():
+    settings = {**PAPER_HEAD, "fusion": "concat", "prompts": "dense", "num_sparse_tokens": 2}
+    from_mapping = _head(settings=settings).state_dict()
+    from_keywords = _head(fusion="concat", prompts="dense", num_sparse_tokens=2).state_dict()
+    assert from_mapping.keys() == from_keywords.keys()
+    assert all(torch.equal(from_mapping[k], from_keywords[k]) for k in from_mapping)
+    with pytest.raises(ValueError, match="unknown key 'fussion'"):
+        build_scsam_head({"fussion": "concat"})
+    with pytest.raises(ValueError, match="'fusion' is given both in settings and as an argument"):
+        build_scsam_head({"fusion": "concat"}, fusion="cross_attention")
+    with pytest.raises(ValueError, match="streams"):
+        build_scsam_head({"streams": "sam_and_mae"})
+
+
+def test_head_constructor_takes_built_parts_and_checks_their_grid():
+    built = _head()
+    parts = {"fusion": built.fusion, "prompt_encoder": built.prompt_encoder, "mask_decoder": built.mask_decoder}
+    head = ScSAMHead(**parts, sam_prompt_encoder=built.sam_prompt_encoder, canvas_size=4 * G)
+    assert head.state_dict().keys() == built.state_dict().keys() and head.num_classes == 3
+    other_grid = build_scsam_head(grid_size=2 * G, canvas_size=8 * G).sam_prompt_encoder
+    with pytest.raises(ValueError, match="grid"):
+        ScSAMHead(**parts, sam_prompt_encoder=other_grid, canvas_size=4 * G)
 
 
 @pytest.mark.parametrize(
@@ -151,7 +200,7 @@ def _sam_checkpoint(tmp_path, head: ScSAMHead) -> str:
     encoder = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
     state = {f"image_encoder.{k}": v for k, v in encoder.encoder.state_dict().items()}
     torch.manual_seed(5)
-    donor = ScSAMHead(grid_size=G, canvas_size=4 * G)
+    donor = build_scsam_head(grid_size=G, canvas_size=4 * G)
     for name, module in (("mask_decoder", donor.mask_decoder), ("prompt_encoder", donor.sam_prompt_encoder)):
         state.update({f"{name}.{k}": v + 0.01 for k, v in module.state_dict().items()})
     path = tmp_path / "sam_tiny.pth"
@@ -174,10 +223,16 @@ def test_full_model_from_image_to_logits_at_input_size():
     sam = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
     mae = FrozenMaeEncoder(arch="tiny", allow_random_weights=True)
     torch.manual_seed(0)
-    model = ScSAM(sam_encoder=sam, mae_encoder=mae, head=ScSAMHead(canvas_size=sam.img_size)).eval()
+    model = ScSAM(sam_encoder=sam, mae_encoder=mae, head=build_scsam_head(canvas_size=sam.img_size)).eval()
     images = torch.rand(1, 1, 96, 80)
     with torch.no_grad():
         logits = model(images)
     assert logits.shape == (1, 3, 96, 80)
     with pytest.raises(ValueError, match="canvas"):
-        ScSAM(sam_encoder=sam, mae_encoder=mae, head=ScSAMHead(canvas_size=1024))
+        ScSAM(sam_encoder=sam, mae_encoder=mae, head=build_scsam_head(canvas_size=1024))
+
+
+def test_a_wrong_sam_checkpoint_is_refused_by_the_builder(tmp_path):
+    path = _sam_checkpoint(tmp_path, _head())
+    with pytest.raises(ValueError, match="mask_decoder weights do not fit this head"):
+        build_scsam_head(grid_size=G, canvas_size=4 * G, feature_dim=128, sam_checkpoint=path)

@@ -1,9 +1,9 @@
 """A cell opened for preparation, and what is done with it before and while slices are written.
 
-``_open_cell`` opens the image with its masks or label map and checks that their shapes agree; ``_check_plan``
-checks the split, crop and downscale against every cell before anything is written; ``_measure`` (pass 1)
-finds the intensity window, the masks' rules and the label map's values; ``_label_slice`` (pass 2) turns one
-slice of masks or label map into class indices.
+:func:`open_cell` opens the image with its masks or label map and checks that their shapes agree;
+:func:`check_plan` checks the split, crop and downscale against every cell before anything is written;
+:func:`measure_cell` (pass 1) finds the intensity window, the masks' rules and the label map's values;
+:func:`label_slice` (pass 2) turns one slice of masks or label map into class indices.
 """
 
 from __future__ import annotations
@@ -17,16 +17,43 @@ from typing import Any
 
 import numpy as np
 
-from ..io import DataPreparationError, Volume, open_volume
 from ..normalize import PercentileAccumulator
-from .geometry import _crop, _downscale_label
-from .labels import MaskRule, _apply_lookup, _Distinct, _label_lookup, mask_rule
+from ..readers import DataPreparationError, Volume, open_volume
+from .geometry import crop_slice, downscale_label
+from .labels import DistinctValues, MaskRule, apply_lookup, label_lookup, mask_rule
 from .sources import CellSource
 from .splits import SPLITS
 
+__all__ = [
+    "PreparedCell",
+    "safe_name",
+    "resolve_classes",
+    "open_cell",
+    "check_plan",
+    "measure_cell",
+    "label_slice",
+]
+
 
 @dataclass
-class _Cell:
+class PreparedCell:
+    """A cell opened for preparation: its volumes, and what the passes learn about it.
+
+    Args:
+        source: the cell as given.
+        image: its image volume.
+        masks: class name -> mask volume (empty for a label map).
+        mask_paths: class name -> how messages name that mask.
+        labels: the label-map volume (None for masks).
+        split_of: slice index -> split (one per fold in k-fold mode); filled by the split.
+        window: the intensity window (an :class:`~scsam_monai.data.normalize.IntensityWindow`), from pass 1.
+        rules: class name -> the mask's foreground rule, from pass 1.
+        lookup: label value -> class index of a label map, from pass 1.
+        distinct: distinct values seen per mask (and ``labels``), for the manifest.
+        counts: foreground pixels per mask, from pass 2.
+        overlaps: overlapping pixels per pair of masks, from pass 2.
+    """
+
     source: CellSource
     image: Volume
     masks: dict[str, Volume]
@@ -41,11 +68,13 @@ class _Cell:
     overlaps: dict[str, int] = field(default_factory=dict)
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """``name`` made safe for file names (runs of other characters become ``_``; ``cell`` when nothing is left)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "cell"
 
 
-def _resolve_classes(cells: Sequence[CellSource], classes: Sequence[str] | None) -> list[str]:
+def resolve_classes(cells: Sequence[CellSource], classes: Sequence[str] | None) -> list[str]:
+    """The class names: ``classes`` when given, else the first cell's mask names or label-value names."""
     if classes:
         out = [c.strip() for c in classes if c.strip()]
     elif cells[0].masks:
@@ -61,7 +90,8 @@ def _resolve_classes(cells: Sequence[CellSource], classes: Sequence[str] | None)
     return out
 
 
-def _open_cell(source: CellSource, classes: list[str], stack: contextlib.ExitStack) -> _Cell:
+def open_cell(source: CellSource, classes: list[str], stack: contextlib.ExitStack) -> PreparedCell:
+    """Open a cell's image with its masks (one per class) or label map in ``stack``; their shapes must agree."""
     if bool(source.masks) == (source.labels is not None):
         raise DataPreparationError(
             f"cell '{source.name}': give either masks or one label map, not {'both' if source.masks else 'neither'}."
@@ -92,10 +122,13 @@ def _open_cell(source: CellSource, classes: list[str], stack: contextlib.ExitSta
             raise DataPreparationError(
                 f"{vol.source}: shape {vol.shape} differs from the image {image.source} {image.shape}."
             )
-    return _Cell(source, image, masks, paths, labels)
+    return PreparedCell(source, image, masks, paths, labels)
 
 
-def _check_plan(cells: list[_Cell], ax: int, crop: tuple | None, downscale: int, main: int, warnings: list) -> None:
+def check_plan(
+    cells: list[PreparedCell], ax: int, crop: tuple | None, downscale: int, main: int, warnings: list
+) -> None:
+    """Check the split (training and validation not empty), crop and downscale against every cell."""
     counts = dict.fromkeys(SPLITS, 0)
     for cell in cells:
         for splits in cell.split_of.values():
@@ -132,8 +165,8 @@ def _finite(array: np.ndarray, source: str, index: int, ax: int) -> np.ndarray:
     return array
 
 
-def _measure(
-    cell: _Cell, ax: int, crop: tuple | None, classes: list[str], options: dict, warnings: list, progress: bool
+def measure_cell(
+    cell: PreparedCell, ax: int, crop: tuple | None, classes: list[str], options: dict, warnings: list, progress: bool
 ) -> None:
     """Pass 1: the intensity window, the masks' rules and the label map's values, before anything is written."""
     from tqdm.auto import tqdm
@@ -142,17 +175,17 @@ def _measure(
     if not indices:  # a cell left out of every split is not read
         return
     accumulator = PercentileAccumulator(cell.image.dtype, cell.image.source, len(indices))
-    distinct = {c: _Distinct(limit=2) for c in cell.masks}
+    distinct = {c: DistinctValues(limit=2) for c in cell.masks}
     maxima = dict.fromkeys(cell.masks, -np.inf)
-    seen = _Distinct()
+    seen = DistinctValues()
     for i in tqdm(indices, desc=f"check {cell.source.name}", unit="slice", disable=not progress, leave=False):
-        accumulator.update(_finite(_crop(cell.image.read_slice(i, ax), crop), cell.image.source, i, ax))
+        accumulator.update(_finite(crop_slice(cell.image.read_slice(i, ax), crop), cell.image.source, i, ax))
         for c, vol in cell.masks.items():
-            mask = _finite(_crop(vol.read_slice(i, ax), crop), vol.source, i, ax)
+            mask = _finite(crop_slice(vol.read_slice(i, ax), crop), vol.source, i, ax)
             distinct[c].update(mask)
             maxima[c] = max(maxima[c], float(mask.max()))
         if cell.labels is not None:
-            seen.update(_crop(cell.labels.read_slice(i, ax), crop))
+            seen.update(crop_slice(cell.labels.read_slice(i, ax), crop))
     cell.window = accumulator.window(*options["percentiles"])
     requested = {m.name: m.threshold for m in cell.source.masks}
     for c, vol in cell.masks.items():
@@ -167,18 +200,21 @@ def _measure(
     if cell.labels is not None:
         values = sorted(float(v) for v in seen.values)
         cell.distinct["labels"] = values[:64]
-        cell.lookup = _label_lookup(
+        cell.lookup = label_lookup(
             cell.source.name, cell.labels.source, set(values), classes, cell.source.label_values, options["unmapped"]
         )
 
 
-def _label_slice(
-    cell: _Cell, i: int, ax: int, crop: tuple | None, factor: int, classes: list[str], overlap: str
+def label_slice(
+    cell: PreparedCell, i: int, ax: int, crop: tuple | None, factor: int, classes: list[str], overlap: str
 ) -> np.ndarray:
+    """Pass 2: slice ``i`` of a cell's label map or masks as class indices (0 background, 1..C)."""
     if cell.labels is not None:
-        raw = _crop(cell.labels.read_slice(i, ax), crop)
-        return _downscale_label(_apply_lookup(raw, cell.lookup, cell.labels.source), factor)
-    fg = [_downscale_label(cell.rules[c].apply(_crop(cell.masks[c].read_slice(i, ax), crop)), factor) for c in classes]
+        raw = crop_slice(cell.labels.read_slice(i, ax), crop)
+        return downscale_label(apply_lookup(raw, cell.lookup, cell.labels.source), factor)
+    fg = [
+        downscale_label(cell.rules[c].apply(crop_slice(cell.masks[c].read_slice(i, ax), crop)), factor) for c in classes
+    ]
     for (a, ma), (b, mb) in itertools.combinations(zip(classes, fg, strict=True), 2):
         both = int(np.count_nonzero(ma & mb))
         if both:

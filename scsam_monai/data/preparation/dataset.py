@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 
 from ...atomic import atomic_write_json
-from ..io import DataPreparationError
 from ..normalize import normalize_slice
-from .cells import _check_plan, _label_slice, _measure, _open_cell, _resolve_classes, _safe
-from .geometry import _crop, _downscale_image
-from .outputs import _TOOL, _cell_record, _check_out_dir, _datalist, _swap_into_place, _write_tiff
+from ..readers import DataPreparationError
+from .cells import check_plan, label_slice, measure_cell, open_cell, resolve_classes, safe_name
+from .geometry import crop_slice, downscale_image
+from .outputs import TOOL, cell_record, check_out_dir, datalist_json, swap_into_place, write_slice_tiff
 from .sources import CellSource
-from .splits import SPLITS, SplitSpec, _assign_splits, _select
+from .splits import SPLITS, SplitSpec, assign_splits, select_slices
 
 __all__ = ["prepare_dataset"]
 
@@ -91,28 +91,30 @@ def prepare_dataset(
     if not cells:
         raise DataPreparationError("no cell given: name at least one --image with its --mask or --labels.")
     names = [c.name for c in cells]
-    safe = [_safe(n) for n in names]
+    safe = [safe_name(n) for n in names]
     if len(set(names)) != len(names) or len(set(safe)) != len(safe):
         raise DataPreparationError(f"cell names must be unique (also after making them file-name safe): {names}.")
-    classes = _resolve_classes(cells, classes)
+    classes = resolve_classes(cells, classes)
     out_dir, factor, ax = Path(out_dir), int(downscale), _AXES[axis]
     warnings: list[str] = []
     options = {"percentiles": tuple(float(p) for p in percentiles), "unmapped": unmapped}
     main = split.fold if split.mode == "kfold" else 0
     with contextlib.ExitStack() as stack:
-        opened = [_open_cell(c, classes, stack) for c in cells]
-        selected = {c.source.name: _select(c.image.shape[ax], middle_slices, c.image.source, warnings) for c in opened}
-        split_info = _assign_splits(opened, selected, split)
+        opened = [open_cell(c, classes, stack) for c in cells]
+        selected = {
+            c.source.name: select_slices(c.image.shape[ax], middle_slices, c.image.source, warnings) for c in opened
+        }
+        split_info = assign_splits(opened, selected, split)
         if split.mode == "slices":
             for cell in opened:
                 for start, stop in (split.train_slices or []) + (split.val_slices or []) + (split.test_slices or []):
                     if stop > cell.image.shape[ax]:
                         size = cell.image.shape[ax]
                         warnings.append(f"{cell.image.source}: slice range {start}:{stop} goes past its {size} slices.")
-        _check_plan(opened, ax, crop, factor, main, warnings)
-        _check_out_dir(out_dir)
+        check_plan(opened, ax, crop, factor, main, warnings)
+        check_out_dir(out_dir)
         for cell in opened:
-            _measure(cell, ax, crop, classes, options, warnings, progress)
+            measure_cell(cell, ax, crop, classes, options, warnings, progress)
 
         staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
         new_parents = [p for p in staging.parents if not p.exists()]
@@ -129,17 +131,17 @@ def prepare_dataset(
             bar = tqdm(
                 total=sum(len(c.split_of) for c in opened), desc="write slices", unit="slice", disable=not progress
             )
-            for cell, safe_name in zip(opened, safe, strict=True):
+            for cell, stem in zip(opened, safe, strict=True):
                 data_hash = hashlib.sha256()
                 cell_counts = np.zeros(len(classes) + 1, np.int64)
                 for i in sorted(cell.split_of):
                     raw = cell.image.read_slice(i, ax)
                     data_hash.update(np.ascontiguousarray(raw).tobytes())
-                    image = normalize_slice(_downscale_image(_crop(raw, crop), factor), cell.window, save_dtype)
-                    label = _label_slice(cell, i, ax, crop, factor, classes, overlap).astype(label_dtype)
-                    name = f"{safe_name}_{axis}{i:0{width}d}.tif"
-                    image_sha = _write_tiff(staging / "images" / name, image, compress=False)
-                    label_sha = _write_tiff(staging / "labels" / name, label, compress=True)
+                    image = normalize_slice(downscale_image(crop_slice(raw, crop), factor), cell.window, save_dtype)
+                    label = label_slice(cell, i, ax, crop, factor, classes, overlap).astype(label_dtype)
+                    name = f"{stem}_{axis}{i:0{width}d}.tif"
+                    image_sha = write_slice_tiff(staging / "images" / name, image, compress=False)
+                    label_sha = write_slice_tiff(staging / "labels" / name, label, compress=True)
                     counts = np.bincount(label.ravel(), minlength=len(classes) + 1)[: len(classes) + 1]
                     cell_counts += counts
                     item = {"image": f"images/{name}", "label": f"labels/{name}", "cell": cell.source.name, "slice": i}
@@ -156,20 +158,20 @@ def prepare_dataset(
                         }
                     )
                     bar.update(1)
-                cell_records.append(_cell_record(cell, classes, cell_counts, data_hash.hexdigest(), main, ax))
+                cell_records.append(cell_record(cell, classes, cell_counts, data_hash.hexdigest(), main, ax))
             bar.close()
             for k, name in enumerate(classes, start=1):
                 if totals["training"][k] == 0:
                     warnings.append(f"class '{name}' has no pixel in the training split.")
             all_names = ["background", *classes]
             description = (
-                f"EM slices prepared by {_TOOL}: {save_dtype} images normalised per volume to the "
+                f"EM slices prepared by {TOOL}: {save_dtype} images normalised per volume to the "
                 f"{options['percentiles'][0]:g}-{options['percentiles'][1]:g} percentiles; labels 0 background, "
                 + ", ".join(f"{i + 1} {c}" for i, c in enumerate(classes))
                 + "."
             )
             manifest = {
-                "tool": _TOOL,
+                "tool": TOOL,
                 "version": 1,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "command": list(command) if command is not None else None,
@@ -201,11 +203,11 @@ def prepare_dataset(
                 (staging / "folds").mkdir()
                 for fold in range(num_folds):
                     atomic_write_json(
-                        staging / "folds" / f"fold_{fold}.json", _datalist(entries[fold], classes, description)
+                        staging / "folds" / f"fold_{fold}.json", datalist_json(entries[fold], classes, description)
                     )
             atomic_write_json(staging / "manifest.json", manifest)
-            atomic_write_json(staging / "datalist.json", _datalist(entries[main], classes, description))
-            _swap_into_place(staging, out_dir)
+            atomic_write_json(staging / "datalist.json", datalist_json(entries[main], classes, description))
+            swap_into_place(staging, out_dir)
             done = True
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["crop_slice", "downscale_image", "downscale_label"]
 
-def _crop(array: np.ndarray, crop: tuple | None) -> np.ndarray:
+
+def crop_slice(array: np.ndarray, crop: tuple | None) -> np.ndarray:
+    """The in-plane ``((y0, y1), (x0, x1))`` crop of a slice (the slice itself when ``crop`` is None)."""
     if crop is None:
         return array
     (y0, y1), (x0, x1) = crop
     return array[y0:y1, x0:x1]
 
 
-def _downscale_image(array: np.ndarray, factor: int) -> np.ndarray:
+def downscale_image(array: np.ndarray, factor: int) -> np.ndarray:
     """Block mean over ``factor x factor`` pixels (the remainder at the bottom/right is dropped)."""
     if factor == 1:
         return array
@@ -22,7 +25,7 @@ def _downscale_image(array: np.ndarray, factor: int) -> np.ndarray:
     return blocks.mean(axis=(1, 3))
 
 
-def _downscale_label(array: np.ndarray, factor: int) -> np.ndarray:
+def downscale_label(array: np.ndarray, factor: int) -> np.ndarray:
     """Nearest: the centre pixel of each ``factor x factor`` block (the same blocks as the image)."""
     if factor == 1:
         return array

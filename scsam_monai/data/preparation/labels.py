@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..io import DataPreparationError
+from ..readers import DataPreparationError
 
-__all__ = ["MaskRule", "mask_rule"]
+__all__ = ["MaskRule", "mask_rule", "DistinctValues", "label_lookup", "apply_lookup"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def mask_rule(dtype: np.dtype | str, distinct: Sequence[float], requested: float
     )
 
 
-class _Distinct:
+class DistinctValues:
     """Distinct values of a volume, slice by slice (all of them, or the first ``limit``)."""
 
     def __init__(self, limit: int | None = None) -> None:
@@ -78,6 +78,7 @@ class _Distinct:
         self.limit = limit
 
     def update(self, array: np.ndarray) -> None:
+        """Add the distinct values of one slice (nothing more once more than ``limit`` are known)."""
         if self.limit is not None and len(self.values) > self.limit:
             return
         array = np.asarray(array)
@@ -88,10 +89,17 @@ class _Distinct:
         self.values.update(present.tolist())
 
 
-def _label_lookup(
-    cell: str, path: str, seen: set, classes: list[str], label_values: dict | None, unmapped: str
-) -> dict:
-    """Label value -> class index for one label map; raises on values outside the class list."""
+def label_lookup(cell: str, path: str, seen: set, classes: list[str], label_values: dict | None, unmapped: str) -> dict:
+    """Label value -> class index for one label map; raises on values outside the class list.
+
+    Args:
+        cell: the cell's name, for messages.
+        path: the label map, for messages.
+        seen: every value the label map holds.
+        classes: the class names (label values 1..C).
+        label_values: class name -> values (``--label-values``); None for values 0..C as the classes.
+        unmapped: ``error`` or ``background`` for values outside the mapping.
+    """
     names = ["background", *classes]
     if label_values is None:
         lookup = {v: int(v) for v in seen if float(v).is_integer() and 0 <= v <= len(classes)}
@@ -123,7 +131,8 @@ def _label_lookup(
     return {float(v): lookup.get(float(v), 0) for v in seen}
 
 
-def _apply_lookup(array: np.ndarray, lookup: dict, path: str) -> np.ndarray:
+def apply_lookup(array: np.ndarray, lookup: dict, path: str) -> np.ndarray:
+    """Map every value of a label-map slice through ``lookup`` (from :func:`label_lookup`) to class indices."""
     values, inverse = np.unique(array, return_inverse=True)
     try:
         mapped = np.array([lookup[float(v)] for v in values], dtype=np.int64)

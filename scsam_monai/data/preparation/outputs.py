@@ -15,15 +15,19 @@ from typing import Any
 import numpy as np
 
 from ...hashing import sha256_file
-from ..io import DataPreparationError, Volume
-from .cells import _Cell
+from ..readers import DataPreparationError, Volume
+from .cells import PreparedCell
 from .splits import SPLITS
 
+__all__ = ["TOOL", "write_slice_tiff", "check_out_dir", "swap_into_place", "datalist_json", "cell_record"]
+
 _OUTPUTS = ("images", "labels", "folds", "datalist.json", "manifest.json")
-_TOOL = "scsam-prepare"
+TOOL = "scsam-prepare"
+"""The name written in (and recognised from) the manifest."""
 
 
-def _write_tiff(path: Path, array: np.ndarray, compress: bool) -> str:
+def write_slice_tiff(path: Path, array: np.ndarray, compress: bool) -> str:
+    """Write one slice as a TIFF (zlib-compressed when ``compress``) and return the SHA-256 of the file."""
     import tifffile
 
     buffer = _io.BytesIO()
@@ -33,22 +37,23 @@ def _write_tiff(path: Path, array: np.ndarray, compress: bool) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _check_out_dir(out_dir: Path) -> None:
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an output folder that is a file, or not empty and not written by an earlier ``scsam-prepare``."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DataPreparationError(f"{out_dir}: exists and is not a folder.")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         manifest = out_dir / "manifest.json"
         try:
-            ours = json.loads(manifest.read_text()).get("tool") == _TOOL
+            ours = json.loads(manifest.read_text()).get("tool") == TOOL
         except (OSError, ValueError, AttributeError):
             ours = False
         if not ours:
             raise DataPreparationError(
-                f"{out_dir}: exists, is not empty and was not written by {_TOOL}; choose a new or empty folder."
+                f"{out_dir}: exists, is not empty and was not written by {TOOL}; choose a new or empty folder."
             )
 
 
-def _swap_into_place(staging: Path, out_dir: Path) -> None:
+def swap_into_place(staging: Path, out_dir: Path) -> None:
     """Move the staged outputs into ``out_dir``; other content (e.g. ``embedding_cache``) stays."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "datalist.json").unlink(missing_ok=True)  # never a complete-looking data set half-way
@@ -64,7 +69,8 @@ def _swap_into_place(staging: Path, out_dir: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _datalist(entries: dict[str, list], classes: list[str], description: str) -> dict:
+def datalist_json(entries: dict[str, list], classes: list[str], description: str) -> dict:
+    """The MONAI datalist of one split assignment (``training``, ``validation``, ``test`` and the labels)."""
     return {
         "name": "scsam-prepared-em",
         "description": description,
@@ -80,7 +86,8 @@ def _describe_files(volume: Volume) -> list[dict]:
     return [{"path": str(Path(f).resolve()), "sha256": sha256_file(f)} for f in volume.files]
 
 
-def _cell_record(cell: _Cell, classes: list[str], counts: np.ndarray, data_sha: str, main: int, ax: int) -> dict:
+def cell_record(cell: PreparedCell, classes: list[str], counts: np.ndarray, data_sha: str, main: int, ax: int) -> dict:
+    """The manifest's record of one cell: sources with checksums, window, slices per split, masks or labels."""
     by_split: dict[str, list[int]] = {}
     for i in sorted(cell.split_of):
         by_split.setdefault(cell.split_of[i][main], []).append(i)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io import DataPreparationError
+from ..readers import DataPreparationError
 
 __all__ = ["MaskSource", "CellSource", "parse_label_values", "load_cells_spec"]
 
@@ -21,7 +21,7 @@ class MaskSource:
 
     Args:
         name: class name.
-        path: file, folder of per-slice files, glob or container (see :func:`~scsam_monai.data.io.open_volume`).
+        path: file, folder of per-slice files, glob or container (see :func:`~scsam_monai.data.readers.open_volume`).
         key: dataset key inside HDF5 / N5 / Zarr.
         threshold: ``None`` or ``"auto"``, ``"nonzero"``, or a number (foreground = value >= number).
     """

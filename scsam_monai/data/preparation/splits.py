@@ -10,12 +10,12 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..io import DataPreparationError
+from ..readers import DataPreparationError
 
 if TYPE_CHECKING:
-    from .cells import _Cell
+    from .cells import PreparedCell
 
-__all__ = ["SPLITS", "SplitSpec", "parse_ranges"]
+__all__ = ["SPLITS", "SplitSpec", "parse_ranges", "select_slices", "assign_splits"]
 
 SPLITS = ("training", "validation", "test")
 
@@ -72,7 +72,8 @@ def parse_ranges(text: str) -> list[tuple[int, int]]:
     return ranges
 
 
-def _select(n: int, middle: int | None, source: str, warnings: list[str]) -> list[int]:
+def select_slices(n: int, middle: int | None, source: str, warnings: list[str]) -> list[int]:
+    """Indices of the ``middle`` middle slices of ``n`` (all when ``middle`` is None or larger than ``n``)."""
     if middle is None:
         return list(range(n))
     if middle < 1:
@@ -84,7 +85,7 @@ def _select(n: int, middle: int | None, source: str, warnings: list[str]) -> lis
     return list(range(start, start + middle))
 
 
-def _assign_splits(cells: list[_Cell], selected: dict[str, list[int]], split: SplitSpec) -> dict[str, Any]:
+def assign_splits(cells: list[PreparedCell], selected: dict[str, list[int]], split: SplitSpec) -> dict[str, Any]:
     """Fill ``cell.split_of`` (slice index -> splits, one per fold in k-fold mode) and describe the split."""
     names = [c.source.name for c in cells]
     mode = split.mode

@@ -1,8 +1,8 @@
 """From a source's dimensions to ``(Z, Y, X)``: which dimension is which, and read functions over them.
 
-``_plan_dims`` decides, from a shape (and axis names where the format has them), which source dimension is
-Z, Y and X, and refuses what is not one single-channel 2D image or 3D stack; ``_mapped_reader`` reads
-``(z, y, x)`` indices through that plan, and ``_cached_whole`` serves every index from one whole read.
+:func:`plan_dims` decides, from a shape (and axis names where the format has them), which source dimension is
+Z, Y and X, and refuses what is not one single-channel 2D image or 3D stack; :func:`mapped_reader` reads
+``(z, y, x)`` indices through that plan, and :func:`cached_whole` serves every index from one whole read.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import numpy as np
 
 from .volume import DataPreparationError, Index
 
+__all__ = ["plan_dims", "mapped_reader", "cached_whole"]
 
-def _plan_dims(shape: Sequence[int], source: str, names: Sequence[str] | None = None) -> tuple[list, tuple]:
+
+def plan_dims(shape: Sequence[int], source: str, names: Sequence[str] | None = None) -> tuple[list, tuple]:
     """Map a source shape onto ``(Z, Y, X)``: Y and X are the last two dims (after a trailing singleton channel
     or sample axis), and every other singleton dim is dropped.
 
@@ -51,7 +53,7 @@ def _plan_dims(shape: Sequence[int], source: str, names: Sequence[str] | None = 
     return plan, (shape[lead[0]] if lead else 1, shape[-2], shape[-1])
 
 
-def _mapped_reader(get: Callable[[tuple], np.ndarray], plan: list) -> Callable[[Index], np.ndarray]:
+def mapped_reader(get: Callable[[tuple], np.ndarray], plan: list) -> Callable[[Index], np.ndarray]:
     """Read ``(z, y, x)`` indices from a source whose dims follow ``plan``."""
     has_z = "z" in plan
 
@@ -68,7 +70,8 @@ def _mapped_reader(get: Callable[[tuple], np.ndarray], plan: list) -> Callable[[
     return read
 
 
-def _cached_whole(load: Callable[[], np.ndarray]) -> Callable[[Index], np.ndarray]:
+def cached_whole(load: Callable[[], np.ndarray]) -> Callable[[Index], np.ndarray]:
+    """Serve every ``(z, y, x)`` index from one read of the whole array by ``load`` (made at the first read)."""
     cache: dict[str, np.ndarray] = {}
 
     def read(index: Index) -> np.ndarray:

@@ -1,10 +1,10 @@
 """:func:`open_volume`: picks the reader for a file, a folder or glob of per-slice files, a list of files, an
-N5/Zarr container or a URL.
+N5/Zarr container or a URL; :func:`read_image_2d`: one 2D image of a datalist, checked.
 
-One file opens with the reader its suffix names. Folders that are N5 or Zarr containers open as arrays; other
-folders (sorted naturally), globs and lists are stacks of per-slice files, each slice read from its own file
-when it is needed. Every failure leaves :func:`open_volume` as one :class:`~.volume.DataPreparationError`
-naming the source.
+One file opens with the reader its suffix names (the table in :mod:`scsam_monai.data.formats`). Folders that
+are N5 or Zarr containers open as arrays; other folders (sorted naturally), globs and lists are stacks of
+per-slice files, each slice read from its own file when it is needed. Every failure leaves :func:`open_volume`
+as one :class:`~.volume.DataPreparationError` naming the source.
 """
 
 from __future__ import annotations
@@ -15,38 +15,47 @@ from pathlib import Path
 
 import numpy as np
 
-from .dims import _cached_whole
-from .formats import _HDF5, _PIL, _TIFF, _URL, IMAGE_SUFFIXES, _suffix
-from .hdf5 import _open_hdf5
-from .n5_zarr import _open_n5, _open_zarr
-from .nifti_itk import _open_monai
-from .pillow import _open_pil, _pil_header, _read_pil
-from .tiff import _open_tiff
-from .volume import DataPreparationError, Index, Volume, natural_key
+from ..formats import (
+    HDF5_SUFFIXES,
+    IMAGE_SUFFIXES,
+    PILLOW_SUFFIXES,
+    TIFF_SUFFIXES,
+    URL_PATTERN,
+    file_suffix,
+    is_n5,
+    is_zarr,
+)
+from .dims import cached_whole
+from .hdf5 import open_hdf5
+from .n5_zarr import open_n5, open_zarr
+from .nifti_itk import open_monai
+from .pillow import open_pillow, pillow_header, read_pillow
+from .tiff import open_tiff
+from .volume import DataPreparationError, Index, Volume, check_pixels, natural_key
 
-__all__ = ["open_volume"]
+__all__ = ["open_volume", "read_image_2d"]
 
 
 # ---- one file, and per-slice files as a stack -------------------------------------------------------------
 
 
 def _open_file(path: Path, key: str | None) -> Volume:
-    suffix = _suffix(path)
-    if key is not None and suffix not in _HDF5:
+    suffix = file_suffix(path)
+    if key is not None and suffix not in HDF5_SUFFIXES:
         raise DataPreparationError(f"{path}: a dataset key ('{key}') applies to HDF5, N5 and Zarr only.")
-    if suffix in _TIFF:
-        return _open_tiff(path)
-    if suffix in _PIL:
-        return _open_pil(path)
-    if suffix in _HDF5:
-        return _open_hdf5(path, key)
-    return _open_monai(path)
+    if suffix in TIFF_SUFFIXES:
+        return open_tiff(path)
+    if suffix in PILLOW_SUFFIXES:
+        return open_pillow(path)
+    if suffix in HDF5_SUFFIXES:
+        return open_hdf5(path, key)
+    return open_monai(path)
 
 
 def _slice_header(path: Path) -> tuple[tuple[int, int], np.dtype]:
     """Shape and dtype of a per-slice file, from its header where the format allows."""
-    if path.suffix.lower() in _PIL:
-        return _pil_header(path)
+    if path.suffix.lower() in PILLOW_SUFFIXES:
+        return pillow_header(path)
     with _open_file(path, None) as volume:
         if volume.shape[0] != 1:
             raise DataPreparationError(f"{path}: a per-slice file must hold one 2D image, got shape {volume.shape}.")
@@ -54,8 +63,8 @@ def _slice_header(path: Path) -> tuple[tuple[int, int], np.dtype]:
 
 
 def _read_slice_file(path: Path) -> np.ndarray:
-    if path.suffix.lower() in _PIL:
-        return _read_pil(path)
+    if path.suffix.lower() in PILLOW_SUFFIXES:
+        return read_pillow(path)
     with _open_file(path, None) as volume:
         return volume.read_slice(0)
 
@@ -91,7 +100,7 @@ def _open_stack(files: Sequence[Path], source: str) -> Volume:
             return np.where(array, _max_value(dtype), 0).astype(dtype)
         return array.astype(dtype, copy=False)
 
-    whole = _cached_whole(lambda: np.stack([read_one(i) for i in range(len(files))]))
+    whole = cached_whole(lambda: np.stack([read_one(i) for i in range(len(files))]))
 
     def read(index: Index) -> np.ndarray:
         z, y, x = index
@@ -103,15 +112,6 @@ def _open_stack(files: Sequence[Path], source: str) -> Volume:
 
 
 # ---- dispatch ---------------------------------------------------------------------------------------------
-
-
-def _is_n5(path: Path) -> bool:
-    return path.suffix.lower() == ".n5" or (path / "attributes.json").is_file()
-
-
-def _is_zarr(path: Path) -> bool:
-    markers = (".zarray", ".zgroup", ".zattrs", "zarr.json")
-    return path.suffix.lower() == ".zarr" or any((path / m).is_file() for m in markers)
 
 
 def open_volume(path: str | Path | Sequence[str | Path], key: str | None = None) -> Volume:
@@ -149,11 +149,11 @@ def _open_volume(path: str | Path | Sequence[str | Path], key: str | None) -> Vo
                 raise DataPreparationError(f"{f}: file not found.")
         return _open_stack(files, f"{files[0].parent} ({len(files)} files)" if files else "empty file list")
     text = str(path)
-    if _URL.match(text):
+    if URL_PATTERN.match(text):
         if ".n5" in text.lower():
-            return _open_n5(text, key)
+            return open_n5(text, key)
         if ".zarr" in text.lower():
-            return _open_zarr(text, key)
+            return open_zarr(text, key)
         raise DataPreparationError(f"{text}: a URL must name an N5 (.n5) or Zarr (.zarr) container.")
     location = Path(text)
     if not location.exists() and any(c in text for c in "*?["):
@@ -166,13 +166,44 @@ def _open_volume(path: str | Path | Sequence[str | Path], key: str | None) -> Vo
     if not location.exists():
         raise DataPreparationError(f"{location}: file not found.")
     if location.is_dir():
-        if _is_zarr(location):
-            return _open_zarr(text, key)
-        if _is_n5(location):
-            return _open_n5(text, key)
+        if is_zarr(location):
+            return open_zarr(text, key)
+        if is_n5(location):
+            return open_n5(text, key)
         if key is not None:
             raise DataPreparationError(f"{location}: a folder of files has no dataset key ('{key}').")
         files = [p for p in location.iterdir() if p.is_file() and not p.name.startswith(".")]
-        files = sorted((p for p in files if _suffix(p) in IMAGE_SUFFIXES), key=natural_key)
+        files = sorted((p for p in files if file_suffix(p) in IMAGE_SUFFIXES), key=natural_key)
         return _open_stack(files, str(location))
     return _open_file(location, key)
+
+
+def read_image_2d(path: str | Path) -> np.ndarray:
+    """Read a single-channel 2D image ``(H, W)`` from ``path`` (1-bit images come back as uint8 0/1).
+
+    The reader of the images and label maps a datalist names (``LoadImage2Dd``): TIFF through tifffile (any bit
+    depth), PNG/JPEG/BMP through Pillow, NIfTI/MHA/NRRD through MONAI's readers (transposed back to the file's
+    (H, W)), HDF5 with a single dataset through h5py.
+
+    Raises:
+        FileNotFoundError: when the file does not exist.
+        DataPreparationError: (a ``ValueError``) when it cannot be read (truncated, corrupt, unknown format), is
+            not one 2D single-channel image (a 3D stack, 4D data, several channels), is empty, has pixels of
+            another dtype than integers, booleans or floats, or holds NaN or infinite values. The message names
+            the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found.")
+    with open_volume(path) as volume:
+        if volume.shape[0] != 1:
+            raise DataPreparationError(
+                f"{path}: expected a 2D single-channel image, got a stack of shape {volume.shape}."
+            )
+        if min(volume.shape) == 0:
+            raise DataPreparationError(f"{path}: the image is empty (shape {volume.shape[1:]}).")
+        array = volume.read_slice(0)
+    check_pixels(array, path)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    return array

@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from .dims import _mapped_reader, _plan_dims
-from .volume import DataPreparationError, Volume, _require
+from .dims import mapped_reader, plan_dims
+from .volume import DataPreparationError, Volume, require_module
+
+__all__ = ["open_hdf5"]
 
 
 def _spacing_from_attrs(attrs: Any) -> tuple[tuple | None, str | None]:
@@ -36,8 +38,9 @@ def _spacing_from_attrs_or_fail(attrs: Any) -> tuple[tuple | None, str | None]:
     return None, None
 
 
-def _open_hdf5(path: Path, key: str | None) -> Volume:
-    h5py = _require("h5py", "HDF5")
+def open_hdf5(path: Path, key: str | None) -> Volume:
+    """Open dataset ``key`` of the HDF5 file ``path`` (the only dataset when ``key`` is None) as a volume."""
+    h5py = require_module("h5py", "HDF5")
     try:
         handle = h5py.File(path, "r")
     except Exception as err:  # noqa: BLE001
@@ -56,7 +59,7 @@ def _open_hdf5(path: Path, key: str | None) -> Volume:
         if not isinstance(node, h5py.Dataset):
             raise DataPreparationError(f"{path}: has no dataset '{key}' (datasets in the file: {listing}).")
         source = f"{path} [{key}]"
-        plan, shape3 = _plan_dims(node.shape, source)
+        plan, shape3 = plan_dims(node.shape, source)
         spacing, unit = _spacing_from_attrs(node.attrs)
         if spacing is None:
             spacing, unit = _spacing_from_attrs(handle.attrs)
@@ -75,7 +78,7 @@ def _open_hdf5(path: Path, key: str | None) -> Volume:
         format="hdf5",
         shape=shape3,
         dtype=dtype,
-        read=_mapped_reader(lambda i: node[i], plan),
+        read=mapped_reader(lambda i: node[i], plan),
         spacing=spacing,
         unit=unit,
         files=[path],

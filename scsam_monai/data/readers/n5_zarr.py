@@ -15,9 +15,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .dims import _mapped_reader, _plan_dims
-from .formats import _URL
-from .volume import DataPreparationError, Volume, _require, natural_key
+from ..formats import URL_PATTERN
+from .dims import mapped_reader, plan_dims
+from .volume import DataPreparationError, Volume, natural_key, require_module
+
+__all__ = ["open_n5", "open_zarr"]
 
 
 def _join(base: str, key: str) -> str:
@@ -27,13 +29,13 @@ def _join(base: str, key: str) -> str:
 
 def _kvstore(location: str) -> Any:
     """tensorstore kvstore spec of a local folder or a URL (trailing slash: a directory)."""
-    if _URL.match(location):
+    if URL_PATTERN.match(location):
         return location.rstrip("/") + "/"
     return {"driver": "file", "path": os.path.abspath(location) + "/"}
 
 
 def _read_json(location: str, name: str) -> dict | None:
-    if not _URL.match(location):
+    if not URL_PATTERN.match(location):
         path = Path(location) / name
         if not path.is_file():
             return None
@@ -44,7 +46,7 @@ def _read_json(location: str, name: str) -> dict | None:
         if not isinstance(value, dict):
             raise DataPreparationError(f"{path}: expected a JSON object, got {type(value).__name__}.")
         return value
-    ts = _require("tensorstore", "N5 and Zarr")
+    ts = require_module("tensorstore", "N5 and Zarr")
     try:
         result = ts.KvStore.open(_kvstore(location)).result().read(name).result()
     except Exception as err:  # noqa: BLE001
@@ -61,7 +63,7 @@ def _read_json(location: str, name: str) -> dict | None:
 
 
 def _children(location: str, marker: str) -> list[str]:
-    if _URL.match(location) or not Path(location).is_dir():
+    if URL_PATTERN.match(location) or not Path(location).is_dir():
         return []
     found = []
     for root, _, files in os.walk(location):
@@ -71,7 +73,7 @@ def _children(location: str, marker: str) -> list[str]:
 
 
 def _ts_open(driver: str, location: str, source: str) -> Any:
-    ts = _require("tensorstore", "N5 and Zarr")
+    ts = require_module("tensorstore", "N5 and Zarr")
     try:
         return ts.open({"driver": driver, "kvstore": _kvstore(location)}, read=True).result()
     except Exception as err:  # noqa: BLE001
@@ -106,7 +108,8 @@ def _n5_spacing_or_fail(attrs: dict, parent: dict | None, name: str) -> tuple[tu
     return None, None
 
 
-def _open_n5(location: str, key: str | None) -> Volume:
+def open_n5(location: str, key: str | None) -> Volume:
+    """Array ``key`` of the N5 container at ``location`` (a folder or URL; ``s0`` of a multiscale group)."""
     key = (key or "").strip("/")
     array_at = _join(location, key)
     source = f"{location} [{key}]" if key else location
@@ -127,14 +130,14 @@ def _open_n5(location: str, key: str | None) -> Volume:
     parent = _read_json(_join(location, parent_key), "attributes.json") if key else None
     spacing, unit = _n5_spacing(attrs, parent, name)
     store = _ts_open("n5", array_at, source).T  # N5 lists dimensions fastest first: reverse to (z, y, x)
-    plan, shape3 = _plan_dims(store.shape, source)
+    plan, shape3 = plan_dims(store.shape, source)
     get = lambda i: store[i].read().result()  # noqa: E731
     return Volume(
         source=source,
         format="n5",
         shape=shape3,
         dtype=store.dtype.numpy_dtype,
-        read=_mapped_reader(get, plan),
+        read=mapped_reader(get, plan),
         spacing=spacing,
         unit=unit,
     )
@@ -170,7 +173,8 @@ def _ome_scale(ms: dict, ds: dict) -> tuple[list[str] | None, list[float] | None
     return names, scale, units
 
 
-def _open_zarr(location: str, key: str | None) -> Volume:
+def open_zarr(location: str, key: str | None) -> Volume:
+    """Array ``key`` of the Zarr container at ``location`` (an OME-Zarr image: its full-resolution dataset)."""
     key = (key or "").strip("/")
     node_at = _join(location, key)
     source = f"{location} [{key}]" if key else location
@@ -202,7 +206,7 @@ def _open_zarr(location: str, key: str | None) -> Volume:
     store = _ts_open("zarr3" if version == 3 else "zarr", node_at, source)
     if names is not None and len(names) != store.ndim:
         names = scale = None
-    plan, shape3 = _plan_dims(store.shape, source, names)
+    plan, shape3 = plan_dims(store.shape, source, names)
     spacing = unit = None
     if scale is not None:
         kept = [i for i, p in enumerate(plan) if isinstance(p, str)]
@@ -215,7 +219,7 @@ def _open_zarr(location: str, key: str | None) -> Volume:
         format="zarr",
         shape=shape3,
         dtype=store.dtype.numpy_dtype,
-        read=_mapped_reader(get, plan),
+        read=mapped_reader(get, plan),
         spacing=spacing,
         unit=unit,
     )

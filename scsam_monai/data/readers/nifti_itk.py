@@ -10,17 +10,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .formats import _suffix
+from ..formats import NIFTI_SUFFIXES, file_suffix
 from .volume import DataPreparationError, Volume
 
+__all__ = ["open_monai"]
 
-def _open_monai(path: Path) -> Volume:
+
+def open_monai(path: Path) -> Volume:
     """NIfTI through MONAI's ``NibabelReader``, MHA/MHD/NRRD (and other ITK formats) through its ``ITKReader``:
     the readers of ``LoadImage``, used directly so that the file's dtype is kept (``LoadImage`` makes uint16
     int32 or float32)."""
     from monai.data import ITKReader, NibabelReader
 
-    nifti = _suffix(path) in (".nii", ".nii.gz")
+    nifti = file_suffix(path) in NIFTI_SUFFIXES
     try:
         reader = NibabelReader() if nifti else ITKReader()
         array, meta = reader.get_data(reader.read(str(path)))

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .dims import _cached_whole
+from .dims import cached_whole
 from .volume import DataPreparationError, Volume
+
+__all__ = ["open_pillow", "pillow_header", "read_pillow"]
 
 _PIL_DTYPES = {
     "1": "bool",
@@ -23,7 +25,8 @@ _PIL_DTYPES = {
 }
 
 
-def _read_pil(path: Path) -> np.ndarray:
+def read_pillow(path: Path) -> np.ndarray:
+    """The pixels of a PNG, JPEG or BMP file as a 2D array (1-bit as ``bool``, palette images as indices)."""
     from PIL import Image
 
     try:
@@ -44,7 +47,8 @@ def _read_pil(path: Path) -> np.ndarray:
     return rgb[..., 0]
 
 
-def _pil_header(path: Path) -> tuple[tuple[int, int], np.dtype]:
+def pillow_header(path: Path) -> tuple[tuple[int, int], np.dtype]:
+    """``((height, width), dtype)`` of a Pillow-read image, from its header only."""
     from PIL import Image
 
     try:
@@ -55,9 +59,10 @@ def _pil_header(path: Path) -> tuple[tuple[int, int], np.dtype]:
         raise DataPreparationError(f"{path}: cannot be read as an image ({type(err).__name__}: {err}).") from err
 
 
-def _open_pil(path: Path) -> Volume:
-    (h, w), dtype = _pil_header(path)
-    read = _cached_whole(lambda: _read_pil(path)[None])
+def open_pillow(path: Path) -> Volume:
+    """A PNG, JPEG or BMP image as a volume of one slice, read whole at the first read."""
+    (h, w), dtype = pillow_header(path)
+    read = cached_whole(lambda: read_pillow(path)[None])
     return Volume(
         source=str(path), format=path.suffix.lower().lstrip("."), shape=(1, h, w), dtype=dtype, read=read, files=[path]
     )

@@ -1,18 +1,25 @@
 """TIFF, OME-TIFF and ImageJ TIFF through tifffile.
 
 A multi-page stack is read one page per slice; an uncompressed contiguous file is memory-mapped, so slices
-along any axis are read lazily. Voxel spacing comes from the OME-XML or the ImageJ metadata.
+along any axis are read lazily. A whole z slice of such a file is read with one positioned read (``os.preadv``)
+into a fresh array instead of through the map: streaming a volume then leaves no mapped pages behind, so the
+process's resident memory does not grow with the number of slices read. Reads are safe from several threads
+(positioned reads, and tifffile's file lock for page reads). Voxel spacing comes from the OME-XML or the ImageJ
+metadata.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .dims import _cached_whole, _plan_dims
+from .dims import cached_whole, plan_dims
 from .volume import DataPreparationError, Index, Volume
+
+__all__ = ["open_tiff"]
 
 
 def _tiff_spacing(tif: Any) -> tuple[tuple | None, str | None]:
@@ -45,7 +52,28 @@ def _tiff_spacing(tif: Any) -> tuple[tuple | None, str | None]:
     return None, None
 
 
-def _open_tiff(path: Path) -> Volume:
+def _mapped_reader(path: Path, memmap: np.memmap) -> Any:
+    """Reads of a memory-mapped ``(Z, Y, X)`` array: whole z slices by ``os.preadv`` (no pages stay mapped), the rest
+    through the map."""
+    fd = os.open(path, os.O_RDONLY) if hasattr(os, "preadv") and memmap.flags.c_contiguous else None
+
+    def read(index: Index) -> np.ndarray:
+        z, y, x = index
+        if fd is None or not isinstance(z, int) or y != slice(None) or x != slice(None):
+            return np.array(memmap[index])
+        array = np.empty(memmap.shape[1:], dtype=memmap.dtype)
+        nbytes = array.nbytes
+        done = os.preadv(fd, [memoryview(array.reshape(-1).view(np.uint8))], int(memmap.offset) + int(z) * nbytes)
+        if done != nbytes:
+            raise OSError(f"slice {z}: read {done} of {nbytes} bytes (the file is truncated)")
+        return array
+
+    read.close = (lambda: os.close(fd)) if fd is not None else (lambda: None)  # type: ignore[attr-defined]
+    return read
+
+
+def open_tiff(path: Path) -> Volume:
+    """The first series of a TIFF file as a volume: memory-mapped when it can be, else read page by page."""
     import tifffile
 
     try:
@@ -55,7 +83,7 @@ def _open_tiff(path: Path) -> Volume:
     except Exception as err:  # noqa: BLE001
         raise DataPreparationError(f"{path}: cannot be read as a TIFF file ({type(err).__name__}: {err}).") from err
     try:
-        plan, shape3 = _plan_dims(shape, str(path), list(axes))
+        plan, shape3 = plan_dims(shape, str(path), list(axes))
         pages = series.pages
         spacing, unit = _tiff_spacing(tif)
         planes = int(np.prod(shape[:-2], dtype=np.int64))
@@ -75,10 +103,11 @@ def _open_tiff(path: Path) -> Volume:
     except BaseException:
         tif.close()
         raise
+    tif.filehandle.set_lock(True)  # page reads seek then read: serialise them across threads
     if memmap is not None:
-        read = lambda index: np.array(memmap[index])  # noqa: E731
+        read = _mapped_reader(path, memmap)
     else:
-        whole = _cached_whole(lambda: np.asarray(series.asarray()).reshape(shape3))
+        whole = cached_whole(lambda: np.asarray(series.asarray()).reshape(shape3))
 
         def read(index: Index) -> np.ndarray:
             z, y, x = index
@@ -96,5 +125,13 @@ def _open_tiff(path: Path) -> Volume:
         unit=unit,
         files=[path],
         lazy=memmap is not None or per_page,
-        close=tif.close,
+        close=_closer(tif, read),
     )
+
+
+def _closer(tif: Any, read: Any) -> Any:
+    def close() -> None:
+        getattr(read, "close", lambda: None)()
+        tif.close()
+
+    return close

@@ -1,8 +1,9 @@
-"""The :class:`Volume` every reader returns, the error every reader raises, and the memory check of reads.
+"""The :class:`Volume` every reader returns, the error every reader raises, and the checks of what is read.
 
 A :class:`Volume` is a 2D image or 3D stack of shape ``(Z, Y, X)`` read slice by slice through a function its
 reader supplies; any failure of that function becomes a :class:`DataPreparationError` naming the file.
-:func:`check_memory` refuses a read that a corrupt or hostile header would make larger than the machine.
+:func:`check_memory` refuses a read that a corrupt or hostile header would make larger than the machine;
+:func:`check_pixels` refuses pixels nothing downstream can use (empty, not numbers, NaN or infinite).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DataPreparationError", "Volume", "natural_key", "check_memory", "Index"]
+__all__ = ["DataPreparationError", "Volume", "natural_key", "check_memory", "check_pixels", "require_module", "Index"]
 
 Index = tuple[Any, Any, Any]
 
@@ -54,7 +55,36 @@ def check_memory(nbytes: int, source: str, what: str = "reading it") -> None:
         )
 
 
-def _require(module: str, purpose: str) -> Any:
+def check_pixels(array: np.ndarray, source: str | Path) -> None:
+    """Check that ``array`` holds usable pixels: a non-empty array of integers, booleans or finite floats.
+
+    Args:
+        array: the pixels.
+        source: how the message names them (the file).
+
+    Raises:
+        DataPreparationError: the array is empty, of another dtype (complex, text, records), or holds NaN or
+            infinite values; the message says how many and where the first one is.
+    """
+    if array.size == 0:
+        raise DataPreparationError(f"{source}: the image is empty (shape {tuple(array.shape)}).")
+    if array.dtype.kind not in "biuf":
+        raise DataPreparationError(
+            f"{source}: has pixels of dtype {array.dtype}; expected integer, boolean or floating-point pixels."
+        )
+    if array.dtype.kind == "f":
+        bad = ~np.isfinite(array)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise DataPreparationError(
+                f"{source}: holds {int(np.isnan(array).sum())} NaN and {int(np.isinf(array).sum())} infinite "
+                f"values (the first at index {first}); replace them (e.g. with the background intensity) before "
+                "training or inference."
+            )
+
+
+def require_module(module: str, purpose: str) -> Any:
+    """Import the optional ``module`` a reader needs, or stop with a message saying what to install."""
     import importlib
 
     try:

@@ -1,0 +1,133 @@
+"""The start-up check of a bundle run: every check of this package, one error listing every problem."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .checkpoints import check_checkpoint
+from .config_keys import bundle_command_line, check_config_keys
+from .datalist import check_datalist
+from .errors import ConfigValidationError
+from .settings import check_class_names, check_head
+
+__all__ = ["validate_run", "check_input", "require_input"]
+
+logger = logging.getLogger(__name__)
+
+
+def validate_run(
+    *,
+    class_names: Sequence[str],
+    head: Mapping[str, Any] | None = None,
+    datalist: str | Path | None = None,
+    splits: Sequence[str] = ("training", "validation"),
+    labels: bool = True,
+    sam_arch: str | None = None,
+    sam_checkpoint: str | Path | None = None,
+    sam_allow_random_weights: bool = False,
+    mae_checkpoint: str | Path | None = None,
+    mae_allow_random_weights: bool = True,
+    head_checkpoint: str | Path | None = None,
+    large_files: str | Path | None = None,
+    verify_hashes: bool = True,
+    argv: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Check a run's settings, checkpoints and data before it starts; raise one error listing every problem.
+
+    Called from the bundle's ``initialize`` list. When the process is ``python -m monai.bundle run``, the keys
+    set by overlay files and command-line overrides are checked as well (:func:`check_config_keys`).
+
+    Args:
+        class_names: the run's classes, background first.
+        head: the ``head`` section.
+        datalist: the datalist JSON.
+        splits: the datalist splits the run reads (none for inference on a folder).
+        labels: whether the items need label maps (not for inference).
+        sam_arch: the SAM architecture.
+        sam_checkpoint: the SAM checkpoint (None: random weights, if allowed).
+        sam_allow_random_weights: whether the SAM encoder may use random weights.
+        mae_checkpoint: the MAE encoder checkpoint (None: random weights, if allowed).
+        mae_allow_random_weights: whether the MAE encoder may use random weights.
+        head_checkpoint: the trained head the run loads (evaluation, inference); None when it trains one.
+        large_files: the bundle's ``large_files.yml`` (expected hashes and URLs of the checkpoints).
+        verify_hashes: verify listed checkpoints against their SHA-256 (reads the whole file once).
+        argv: the command line to check; ``sys.argv`` by default.
+
+    Returns:
+        What was checked: ``{"items": {split: count}, "keys_checked": bool}``.
+
+    Raises:
+        ConfigValidationError: with one line per problem.
+    """
+    problems = check_class_names(class_names)
+    head_problems = check_head(head) if head is not None else []
+    keys_checked = False
+    command = None
+    try:
+        command = bundle_command_line(argv)
+    except Exception as err:  # noqa: BLE001 - an unusual command line is not a reason to refuse the run
+        logger.warning("could not read the command line to check its overrides (%s: %s).", type(err).__name__, err)
+    if command is not None and command["config_file"]:
+        try:
+            key_problems = check_config_keys(command["config_file"], command["overrides"], run_id=command["run_id"])
+            keys_checked = True
+            # an unknown head key set by an overlay or override is reported once, with where it was set
+            reported = {p.split(" ", 1)[0] for p in key_problems}
+            head_problems = [p for p in head_problems if p.split(" ", 1)[0] not in reported]
+            problems += key_problems
+        except Exception as err:  # noqa: BLE001 - same: the files were read by MONAI already
+            logger.warning("could not check the keys of the config files (%s: %s).", type(err).__name__, err)
+    problems += head_problems
+    problems += check_checkpoint(
+        sam_checkpoint,
+        kind="SAM",
+        arch=sam_arch,
+        allow_random_weights=sam_allow_random_weights,
+        large_files=large_files,
+        verify_hash=verify_hashes,
+    )
+    problems += check_checkpoint(
+        mae_checkpoint, kind="MAE", allow_random_weights=mae_allow_random_weights, large_files=large_files
+    )
+    if head_checkpoint and not Path(head_checkpoint).is_file():
+        problems.append(f"trained head checkpoint not found: {head_checkpoint} (train first, or set --ckpt_dir).")
+    names = class_names if not check_class_names(class_names) else None
+    data_problems, counts = check_datalist(datalist, splits, names, labels=labels)
+    problems += data_problems
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigValidationError(f"the run cannot start, {len(problems)} problem(s) found:\n{lines}")
+    logger.info(
+        "Run checked: %s; classes %s; %s.",
+        ", ".join(f"{s} {n} items" for s, n in counts.items()) or "no datalist split",
+        list(class_names),
+        "overlay and override keys checked" if keys_checked else "keys of the command line not checked",
+    )
+    return {"items": counts, "keys_checked": keys_checked}
+
+
+def check_input(input_path: str | Path | None) -> list[str]:
+    """Problems of inference's ``input``: unset, or a local path (not a glob or URL) that does not exist."""
+    if input_path is None or str(input_path) == "":
+        return [
+            "nothing to segment: set --input PATH (an image, a stack, a container or a folder) or --infer_split "
+            "SPLIT (a split of the datalist)."
+        ]
+    text = str(input_path)
+    if "://" not in text and not any(c in text for c in "*?[") and not Path(text).exists():
+        return [f"input not found: {text} (--input names an image, a stack, a container or a folder)."]
+    return []
+
+
+def require_input(input_path: str | Path | None, split: str | None = None) -> None:
+    """Inference's first step: stop with a clear error unless ``split`` or an existing ``input_path`` is named.
+
+    Raises:
+        ConfigValidationError: nothing to segment, or the input does not exist.
+    """
+    problems = [] if split else check_input(input_path)
+    if problems:
+        raise ConfigValidationError(f"the inference cannot start: {problems[0]}")
