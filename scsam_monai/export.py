@@ -5,10 +5,10 @@ MONAI's ``ckpt_export`` traces a network with ONE input tensor of ``input_shape`
 parameters and state-dict keys, so ``models/model.pt`` loads as it is) whose ``forward`` takes the two embeddings
 concatenated along channels.
 
-The whole model (frozen encoders + trained head, images in, logits out) is exported by
-:func:`export_scsam_torchscript` instead of ``ckpt_export``, because ``ckpt_export`` would load ``model.pt``
-(the head's keys) into the image-in network (``head.``-prefixed keys) by matching names, skipping the head
-silently; here the head is loaded strictly and the trace is checked against the eager model before saving.
+The whole model (frozen encoders + trained head, images in, logits out) traces with MONAI's ``ckpt_export`` on
+``inference.yaml`` (its ``network_def`` is :class:`~scsam_monai.model_zoo.ScSAMBundleNetwork`, whose state dict is
+the head's), or with :func:`export_scsam_torchscript`, which also checks the trace against the eager model before
+saving and records the image size and the ``image_normalization`` the inputs need in the file's metadata.
 """
 
 from __future__ import annotations
@@ -110,6 +110,9 @@ def export_scsam_torchscript(
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"image_size must be (H, W) with positive sides, got {image_size!r}.")
     load_head_weights(network.head, head_checkpoint)
+    normalization = getattr(network.head, "_scsam_image_normalization", None) or getattr(
+        network, "image_normalization", "per_image"
+    )
     device = torch.device(device)
     network = network.to(device).eval()
     generator = torch.Generator().manual_seed(0)
@@ -127,7 +130,8 @@ def export_scsam_torchscript(
     meta = json.loads(Path(meta_file).read_text()) if meta_file else {}
     meta["scsam_export"] = {
         "image_size": list(size),
-        "input": "(B, 1, H, W) float32 image in [0, 1] (the bundle's intensity normalisation applied)",
+        "input": f"(B, 1, H, W) float32 image in [0, 1], normalised with image_normalization {normalization!r}",
+        "image_normalization": normalization,
         "output": "(B, C, H, W) logits; a pixel takes the class of the largest logit above 0, else background",
         "num_classes": int(network.head.num_classes),
         "head_checkpoint": Path(head_checkpoint).name,

@@ -170,6 +170,11 @@ def test_tiny_profile_writes_every_figure(tmp_path, capsys):
     assert [m["slices"] for m in report["memory"]["checkpoints"]] == [1, 10]  # N and 10 N of the tiny profile
     assert all(m["peak_rss_bytes"] > 0 for m in report["memory"]["checkpoints"])
     assert report["flops"]["matmul"]["float32"]["flops_per_s"] > 0
+    pipe = report["volume_pipeline"]  # segment_inputs on a TIFF stack on disk against the model alone
+    assert pipe["pipeline_over_model"] == report["ratios"]["pipeline_over_model"] > 0
+    assert [r["slices"] for r in pipe["pipeline"]] == [1, 10] and pipe["image_normalization"] == "prepared"
+    mae = report["mae_pretraining"]
+    assert mae["arch"] == "tiny" and mae["crops_per_s"] > 0 and mae["data_crops_per_s"] > 0
     sam = report["per_image"]["sam_encoder"]
     assert sam["attention"] == "fused" and sam["dtype"] == report["environment"]["sam_dtype"]
     assert report["flops"]["matmul"][sam["dtype"]]["flops_per_s"] > 0  # the rate of the dtype the SAM encoder used

@@ -1,5 +1,7 @@
-"""Model Zoo readiness: verify_net_in_out on the image-in network, ckpt_export of the head to TorchScript, the
-packaged zip, and loading/running the unzipped bundle through ``monai.bundle.ConfigWorkflow``.
+"""Model Zoo readiness: the stand-alone inference.yaml and its image-in network, the one model.pt layout (the
+head's state dict with its image_normalization), ckpt_export of the head, the packaged bundle, and loading/running
+the unzipped bundle through ``monai.bundle.ConfigWorkflow``. The Model Zoo CI's own checks on the packaged bundle
+run in ``tests/model_zoo/``.
 
 All on the demo profile (tiny random-weight encoders) with a random-initialised head saved as ``model.pt``:
 these check the plumbing, not segmentation quality.
@@ -15,9 +17,11 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+import yaml
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_net_in_out
 
 from scsam_monai.data.synthetic import write_synthetic_dataset
+from scsam_monai.model_zoo import NORMALIZATION_KEY, ScSAMBundleNetwork, recorded_normalization
 from scsam_monai.networks.scsam import ScSAM, ScSAMHead
 
 CONFIGS = ("train.yaml", "inference.yaml", "demo.yaml")
@@ -29,11 +33,11 @@ def _configs(root: Path, names=CONFIGS) -> list[str]:
 
 @pytest.fixture(scope="module")
 def head_weights(tmp_path_factory, repo_root) -> Path:
-    """A demo-profile head's state dict, as CheckpointSaver writes model.pt."""
+    """A demo-profile head's state dict, as training's CheckpointSaver writes model.pt (network_def of train.yaml)."""
     parser = ConfigParser()
     parser.read_config(_configs(repo_root / "bundle", ("train.yaml", "demo.yaml")))
     torch.manual_seed(0)
-    head = parser.get_parsed_content("head_def")
+    head = parser.get_parsed_content("network_def")
     path = tmp_path_factory.mktemp("weights") / "model.pt"
     torch.save(head.state_dict(), path)
     return path
@@ -74,7 +78,7 @@ def test_ckpt_export_writes_torchscript_head_equal_to_the_eager_head(repo_root, 
     scripted = torch.jit.load(str(target))
     parser = ConfigParser()
     parser.read_config(_configs(bundle, ("train.yaml", "demo.yaml")))
-    head = parser.get_parsed_content("head_def").eval()
+    head = parser.get_parsed_content("network_def").eval()
     head.load_state_dict(torch.load(head_weights, weights_only=True))
     sam, mae = torch.randn(2, 256, 64, 64), torch.randn(2, 512, 64, 64)
     with torch.no_grad():
@@ -84,29 +88,93 @@ def test_ckpt_export_writes_torchscript_head_equal_to_the_eager_head(repo_root, 
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_package_bundle_writes_model_zoo_layout(repo_root, head_weights, tmp_path):
-    from scripts.package_bundle import package
+def test_package_bundle_writes_a_self_contained_model_zoo_folder_and_zip(repo_root, head_weights, tmp_path):
+    from scripts.package_bundle import BUNDLE_NAME, package
 
-    zipped = package(repo_root / "bundle", tmp_path / "scsam_em.zip", weights=[head_weights])
+    zipped = package(repo_root / "bundle", tmp_path, weights=head_weights, make_zip=True)
+    assert zipped == tmp_path / f"{BUNDLE_NAME}.zip"
     names = set(zipfile.ZipFile(zipped).namelist())
     for required in (
-        "scsam_em/configs/metadata.json",
-        "scsam_em/configs/train.yaml",
-        "scsam_em/configs/inference.yaml",
-        "scsam_em/docs/README.md",
-        "scsam_em/docs/data_license.txt",
-        "scsam_em/LICENSE",
-        "scsam_em/large_files.yml",
-        "scsam_em/models/model.pt",
+        "configs/metadata.json",
+        "configs/train.yaml",
+        "configs/inference.yaml",
+        "docs/README.md",
+        "docs/data_license.txt",
+        "LICENSE",
+        "large_files.yml",
+        "models/model.pt",
+        "scsam_monai/__init__.py",
+        "scsam_monai/model_zoo.py",
+        "scsam_monai/networks/scsam.py",
     ):
-        assert required in names
-    assert not any("/eval/" in n for n in names)
+        assert f"{BUNDLE_NAME}/{required}" in names, required
+    assert not any("/eval/" in n or "__pycache__" in n or n.endswith(".pyc") for n in names)
+    assert (tmp_path / BUNDLE_NAME / "models" / "model.pt").read_bytes() == head_weights.read_bytes()
+
+
+def test_package_bundle_refuses_weights_that_record_no_normalization(repo_root, head_weights, tmp_path):
+    from scripts.package_bundle import package
+
+    state = torch.load(head_weights, weights_only=True)
+    state.pop(NORMALIZATION_KEY)
+    torch.save(state, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="records no image_normalization"):
+        package(repo_root / "bundle", tmp_path / "out", weights=tmp_path / "old.pt")
+    assert not (tmp_path / "out" / "scsam_em_organelle_segmentation").exists()
+
+
+def _inference_alone(repo_root: Path, **overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(str(repo_root / "bundle" / "configs" / "inference.yaml"))
+    parser["tiny_random_encoders"] = True
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser
+
+
+def test_inference_yaml_alone_defines_the_image_in_network_and_its_transforms(repo_root):
+    from monai.transforms import Compose
+
+    parser = _inference_alone(repo_root)
+    network = parser.get_parsed_content("network_def")
+    assert isinstance(network, ScSAMBundleNetwork)
+    assert network.state_dict().keys() == network.head.state_dict().keys()  # the head's weights only
+    assert recorded_normalization(network.state_dict()) == "per_image"
+    for key in ("preprocessing", "postprocessing"):
+        assert isinstance(parser.get_parsed_content(key), Compose), key
+    assert callable(parser.get_parsed_content("inferer"))
+
+
+def test_model_pt_from_training_loads_strictly_into_network_def_and_refuses_another_normalization(
+    repo_root, head_weights
+):
+    state = torch.load(head_weights, weights_only=True)
+    assert recorded_normalization(state) == "per_image"  # training recorded it
+    network = _inference_alone(repo_root).get_parsed_content("network_def")
+    network.load_state_dict(state, strict=False)  # MONAI Label's call; the head is still loaded strictly
+    torch.testing.assert_close(network.state_dict(), state)
+    other = _inference_alone(repo_root, image_normalization="prepared").get_parsed_content("network_def")
+    with pytest.raises(ValueError, match="trained with image_normalization 'per_image'.*'prepared'"):
+        other.load_state_dict(state)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        network.load_state_dict({k: v for k, v in state.items() if not k.startswith("fusion.")}, strict=False)
+
+
+def test_train_and_inference_configs_define_their_shared_ids_identically(repo_root):
+    configs = repo_root / "bundle" / "configs"
+    train = yaml.safe_load((configs / "train.yaml").read_text())
+    inference = yaml.safe_load((configs / "inference.yaml").read_text())
+    own = {"imports", "network_def", "preprocessing", "startup_checks", "initialize", "run"}  # meant to differ
+    shared = set(train) & set(inference) - own
+    assert {"class_names", "head", "head_def", "sam_encoder", "mae_encoder", "image_normalization"} <= shared
+    for key in sorted(shared):
+        assert train[key] == inference[key], key
 
 
 def test_unzipped_bundle_loads_and_segments_through_config_workflow(repo_root, head_weights, tmp_path):
     from scripts.package_bundle import package
 
-    zipped = package(repo_root / "bundle", tmp_path / "scsam_em.zip", weights=[head_weights])
+    zipped = package(repo_root / "bundle", tmp_path / "dist", name="scsam_em", weights=head_weights, make_zip=True)
     zipfile.ZipFile(zipped).extractall(tmp_path / "zoo")
     bundle = tmp_path / "zoo" / "scsam_em"
     write_synthetic_dataset(tmp_path / "data", num_train=1, num_val=1, num_test=1, size=64, seed=3)
@@ -154,12 +222,12 @@ def test_whole_model_exports_to_torchscript_equal_to_the_eager_model(repo_root, 
     workflow.initialize()
     workflow.run()
     traced, meta, extra = load_net_with_metadata(
-        str(tmp_path / "models" / "model_full.ts"), more_extra_files=("train.yaml", "inference.yaml")
+        str(tmp_path / "models" / "model_full.ts"), more_extra_files=("inference.yaml",)
     )
     assert meta["scsam_export"]["image_size"] == [96, 80] and meta["scsam_export"]["num_classes"] == 3
     assert meta["scsam_export"]["traced_on"] == "cpu"
     assert meta["name"] == json.loads((bundle / "configs/metadata.json").read_text())["name"]
-    assert b"head_def" in extra["train.yaml"]
+    assert b"network_def" in extra["inference.yaml"]
     model = workflow.parser.get_parsed_content("network").eval()
     torch.testing.assert_close(model.head.state_dict(), torch.load(head_weights, weights_only=True))
     images = torch.rand(3, 1, 96, 80)

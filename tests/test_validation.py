@@ -149,7 +149,7 @@ def test_missing_sam_checkpoint_names_the_file_its_hash_url_and_the_download_com
     assert "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth" in problem
     assert f"python -m monai.bundle download_large_files --bundle_path {LARGE_FILES.parent}" in problem
     (unlisted,) = check_checkpoint(tmp_path / "mine.pth", large_files=LARGE_FILES)
-    assert "not listed in" in unlisted and "sam_vit_h_4b8939.pth" in unlisted
+    assert "not listed in" in unlisted and "sam_vit_b_01ec64.pth" in unlisted
 
 
 def _listed_checkpoint(tmp_path: Path, name: str, content: bytes, listed_hash: str | None = None) -> tuple[Path, Path]:

@@ -29,11 +29,13 @@ RATIO_KEYS = (
     "encoder_flops_fraction",
     "sam_fraction_of_matmul",
     "encoder_speedup_over_reference",
+    "pipeline_over_model",
 )
 
 #: Targets of issues #9 and #17 on every device: ratio key -> (comparison, bound).
 TARGETS = {
     "head_over_encoders": ("<=", 0.05),
+    "pipeline_over_model": (">=", 0.85),
     "full_over_encoders": ("<=", 1.2),
     "batched_over_naive_training": (">=", 3.0),
     "memory_1000_over_100_slices": ("<=", 1.05),
@@ -117,6 +119,7 @@ def compute_ratios(results: dict) -> dict:
         "encoder_flops_fraction": flops.get("encoder_fraction_of_matmul"),
         "sam_fraction_of_matmul": flops.get("sam_fraction_of_matmul"),
         "encoder_speedup_over_reference": _ratio(med.get("sam_encoder_reference"), med.get("sam_encoder")),
+        "pipeline_over_model": (results.get("volume_pipeline") or {}).get("pipeline_over_model"),
         # extra ratios
         "encoder_speedup_over_reference_amp": _ratio(med.get("sam_encoder_reference_amp"), med.get("sam_encoder")),
         "head_channels_last_over_head": _ratio(med.get("head_channels_last"), med.get("head_warm")),
@@ -262,6 +265,27 @@ def render_markdown(report: dict) -> str:
             f"Peak RSS growth from slice {memory['checkpoints'][0]['slices']} to slice "
             f"{memory['checkpoints'][-1]['slices']}: {memory['rss_growth_bytes'] / 2**20:.1f} MiB "
             f"({memory['rss_growth_per_slice_bytes'] / 2**10:.1f} KiB per slice).",
+        ]
+    pipe = report.get("volume_pipeline")
+    if pipe:
+        runs = pipe["pipeline"]
+        lines += [
+            "",
+            f"Whole volume from disk (`segment_inputs` on a uint16 TIFF stack, {pipe['image_normalization']} "
+            f"normalisation measured per volume, batch {pipe['batch_size']}): **{_fmt(pipe['pipeline_slices_per_s'])} "
+            f"slices/s** against {_fmt(pipe['model_alone_slices_per_s'])} for the model alone on the same "
+            f"{pipe['slices_timed']} slices (`pipeline_over_model` {_fmt(pipe['pipeline_over_model'])}, medians "
+            f"{_fmt(pipe['pipeline_over_model_median'])}); peak RSS {_gib(runs[0]['peak_rss_bytes'])} after "
+            f"{runs[0]['slices']} slices, {_gib(runs[-1]['peak_rss_bytes'])} after {runs[-1]['slices']}.",
+        ]
+    mae = report.get("mae_pretraining")
+    if mae:
+        lines += [
+            "",
+            f"MAE pre-training (`{mae['arch']}`, batch {mae['batch_size']}, crops cut on the device from a resident "
+            f"volume): **{_fmt(mae['crops_per_s'])} crops/s** in whole optimizer steps, "
+            f"{_fmt(mae['data_crops_per_s'])} crops/s for the data path alone (target on one H100/H200 for "
+            f"`mae_vit_512`: {mae['target_crops_per_s']}).",
         ]
     flops = report.get("flops")
     if flops:

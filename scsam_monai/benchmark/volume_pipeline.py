@@ -2,13 +2,14 @@
 
 :func:`measure_volume_pipeline` runs, in a fresh Python process (so that the peak resident set size belongs to
 this measurement alone): it writes two uint16 TIFF stacks of N and ``factor`` N EM-like slices to a temporary
-folder, builds the model (random weights), warms up the model and one whole pipeline run on a small stack, then
+folder, builds the model (random weights unless checkpoints are given), warms up the model and one whole
+pipeline run on a small stack, then
 
 1. runs the real :func:`~scsam_monai.engines.volume_writer.segment_inputs` on each stack with
    ``image_normalization="prepared"`` (the per-volume window measured in a first streaming pass, as
    ``scsam-prepare`` measures it; then reading, normalising, host-to-device copies, the model and TIFF writing,
    overlapped), recording the peak RSS (and the GPU's peak allocation) after each: flat memory means equal
-   peaks at N and ``factor`` N slices;
+   peaks at N and ``factor`` N slices (glibc's mmap threshold fixed, see :func:`measure_volume_pipeline`);
 2. times the **model alone** (forward passes on a resident batch already on the device, synchronised) on
    ``factor`` N slices, in turns with further pipeline runs on the large stack (``repeats`` of each), so that a
    busy machine slows both alike.
@@ -34,7 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["measure_volume_pipeline", "write_uint16_stack", "main"]
+__all__ = ["MMAP_THRESHOLD", "measure_volume_pipeline", "write_uint16_stack", "main"]
+
+MMAP_THRESHOLD = 131072
+"""``MALLOC_MMAP_THRESHOLD_`` of the child process (glibc's initial value, made fixed; see
+:func:`measure_volume_pipeline`)."""
 
 
 def write_uint16_stack(path: str | Path, depth: int, size: int, seed: int = 0) -> Path:
@@ -93,6 +98,8 @@ def _worker(args: argparse.Namespace) -> dict:
         model = build_model(
             args.sam_arch,
             args.mae_arch,
+            sam_checkpoint=args.sam_checkpoint,
+            mae_checkpoint=args.mae_checkpoint,
             device=device,
             sam_precision=args.sam_precision,
             sam_attention=args.sam_attention,
@@ -113,7 +120,7 @@ def _worker(args: argparse.Namespace) -> dict:
 
         # warm-up: the model, and one whole pipeline run (threads, allocator arenas, lookup tables) on a small stack
         _model_alone(model, batch_size, batch_size, args.image_size, device, amp_dtype)
-        pipeline(0, write_uint16_stack(work / "warmup.tif", max(4, batch_size), args.image_size, seed=1))
+        pipeline(0, write_uint16_stack(work / "warmup.tif", 8 * batch_size, args.image_size, seed=1))
         baseline = peak_rss_bytes()
         runs = []
         for n in sizes:
@@ -155,6 +162,7 @@ def _worker(args: argparse.Namespace) -> dict:
         "sam_arch": args.sam_arch,
         "mae_arch": args.mae_arch,
         "image_normalization": "prepared",
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
     }
     if cuda:
         result["gpu_growth_bytes"] = runs[-1]["gpu_peak_bytes"] - runs[0]["gpu_peak_bytes"]
@@ -174,6 +182,8 @@ def measure_volume_pipeline(
     sam_precision: str = "auto",
     sam_attention: str = "fused",
     threads: int | None = None,
+    sam_checkpoint: str | None = None,
+    mae_checkpoint: str | None = None,
     repeats: int = 2,
     work_dir: str | Path | None = None,
     timeout: float | None = None,
@@ -181,7 +191,7 @@ def measure_volume_pipeline(
     """Run the measurement in a fresh process and return its result.
 
     Args:
-        sam_arch: SAM encoder architecture (random weights: timings do not depend on them).
+        sam_arch: SAM encoder architecture.
         mae_arch: MAE encoder architecture.
         slices: N, the smaller stack; the larger has ``factor`` N slices (e.g. 1 and 10 on a CPU, 100 and 1000
             on a GPU).
@@ -193,6 +203,8 @@ def measure_volume_pipeline(
         sam_precision: the SAM encoder's ``precision``.
         sam_attention: the SAM encoder's ``attention``.
         threads: torch threads in the child (and ``OMP_NUM_THREADS``); None for torch's default.
+        sam_checkpoint: SAM checkpoint or None (random weights).
+        mae_checkpoint: MAE checkpoint or None.
         repeats: timings of the model alone and of the pipeline on the large stack, taken in turns.
         work_dir: where the temporary stacks go (None: the system's temporary folder).
         timeout: seconds before the child is stopped.
@@ -204,7 +216,11 @@ def measure_volume_pipeline(
         ``pipeline_slices_per_s``, ``pipeline`` (per stack: ``slices``, ``seconds``, ``slices_per_s``,
         ``peak_rss_bytes``, ``gpu_peak_bytes`` on CUDA, the measured ``intensity_window``), ``baseline_rss_bytes``
         (after a warm-up pipeline run), ``rss_growth_bytes`` (peak after the large stack minus peak after the small
-        one; ``gpu_growth_bytes`` likewise) and the settings.
+        one; ``gpu_growth_bytes`` likewise) and the settings. The child runs with glibc's mmap threshold fixed
+        (``MALLOC_MMAP_THRESHOLD_``, :data:`MMAP_THRESHOLD`, unless the environment sets it; reported as
+        ``malloc_mmap_threshold``): with glibc's default dynamic threshold, buffers freed after the first large
+        frees stay in the allocator's arenas and the resident size grows once by a few MB, whatever the number
+        of slices.
 
     Raises:
         RuntimeError: the child process failed (its stderr's tail is in the message).
@@ -232,9 +248,16 @@ def measure_volume_pipeline(
         command.append(f"--threads={threads}")
     if work_dir:
         command.append(f"--work-dir={work_dir}")
+    if sam_checkpoint:
+        command.append(f"--sam-checkpoint={sam_checkpoint}")
+    if mae_checkpoint:
+        command.append(f"--mae-checkpoint={mae_checkpoint}")
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
+    # glibc raises its mmap threshold after large frees and then keeps freed buffers in its arenas: a one-time
+    # growth of the resident size that is not accumulation; a fixed threshold measures what the pipeline holds
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"volume pipeline measurement failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
@@ -256,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sam-precision", default="auto")
     parser.add_argument("--sam-attention", default="fused")
     parser.add_argument("--work-dir")
+    parser.add_argument("--sam-checkpoint")
+    parser.add_argument("--mae-checkpoint")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
     if args.slices < 1 or args.factor < 1 or args.repeats < 1:

@@ -145,20 +145,24 @@ def _prefetched(batches: Iterator, depth: int) -> Iterator:
     buffer: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def put(item: Any) -> bool:
+        """Queue ``item`` unless the consumer has stopped; whether it was queued."""
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in batches:
-                while not stop.is_set():
-                    try:
-                        buffer.put(item, timeout=_POLL_S)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            buffer.put(_DONE)
+            put(_DONE)
         except BaseException as err:  # noqa: BLE001 - handed to the consumer thread
-            buffer.put(err)
+            put(err)
 
     worker = threading.Thread(target=produce, name="segment_slices-reader", daemon=True)
     worker.start()

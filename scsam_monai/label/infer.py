@@ -1,14 +1,13 @@
 """MONAI Label inference task: the bundle's image-in ScSAM on one image or stack, slice by slice.
 
-Why not MONAI Label's ``BundleInferTask``: it parses ``configs/inference.yaml`` alone and expects
-``preprocessing`` / ``inferer`` / ``postprocessing`` transforms there and whole-network weights in
-``models/model.pt``. Ours is an overlay on ``train.yaml`` (the encoders and the head are defined there), its
-``model.pt`` holds only the trained head (the encoders are frozen checkpoints of their own) and inference is
-slice-wise on arbitrary 2D/3D EM files. Loaded as a whole-network checkpoint with ``load_strict=False``, our head
-weights would be silently ignored. So this task builds the network from the bundle's configs
+The Model Zoo bundle also serves through MONAI Label's stock ``BundleInferTask`` (``inference.yaml`` stands alone;
+see ``docs/monai_label.md``). This task is our app's: it checks every upload with the package's readers (answers
+415/422 naming the problem instead of a 500), reads 2D/3D EM files of every format the bundle reads, and reloads
+the head whenever the app's training replaces it. It builds the network from the bundle's configs
 (:func:`~scsam_monai.label.bundle.build_network`), loads the head weights with
-:func:`~scsam_monai.networks.checkpoints.load_head_weights` (and again whenever training replaces the file) and
-runs :func:`~scsam_monai.engines.volume_inference.segment_slices`, the code of the bundle's inference workflow.
+:func:`~scsam_monai.networks.checkpoints.load_head_weights` (refusing a head trained with another
+``image_normalization``) and runs :func:`~scsam_monai.engines.volume_inference.segment_slices`, the code of the
+bundle's inference workflow.
 
 The label map comes back in the geometry (spacing, origin, direction) that ITK, 3D Slicer's reader, gives the
 input, so that it lies on the image in Slicer; NIfTI (``.nii.gz``) by default.
@@ -27,9 +26,10 @@ import numpy as np
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
+from ..data.normalize import measure_volume_window
 from ..data.readers import open_volume
-from ..networks.checkpoints import load_head_weights
 from ..engines.volume_inference import segment_slices
+from ..networks.checkpoints import load_head_weights
 from .bundle import BundleSettings, build_network
 from .uploads import UploadRejected, check_image
 
@@ -103,6 +103,7 @@ class ScSAMInferTask(InferTask):
         self.model_path = Path(model_path)
         self.batch_size = batch_size
         self.class_names = settings.class_names()
+        self.image_normalization = settings.parser("train.yaml").get_parsed_content("image_normalization")
         labels = {name: value for value, name in enumerate(self.class_names) if value > 0}
         super().__init__(
             type=InferType.SEGMENTATION,
@@ -170,10 +171,14 @@ class ScSAMInferTask(InferTask):
 
             with open_volume(path) as volume:
                 spacing = volume.spacing
+                # prepared: the volume's own window, measured as scsam-prepare measures a cell's (2D: the image's)
+                window = measure_volume_window(volume) if self.image_normalization == "prepared" else None
                 segment_slices(
                     network,
                     (volume.read_slice(z) for z in range(volume.shape[0])),
                     writer=write,
+                    image_normalization=self.image_normalization,
+                    window=window,
                     batch_size=self.batch_size,
                     progress=False,
                     total=volume.shape[0],

@@ -52,7 +52,7 @@ CPU_CHECK_SETTINGS: dict = {
     "batch_size": 32,
     "learning_rate": 0.003,
     "warmup_steps": 50,
-    "max_steps": 600,
+    "max_steps": 1000,
     "steps_per_epoch": 100,
     "png_interval": 2,
     "save_interval": 1000,

@@ -13,8 +13,12 @@ import torch
 from monai.transforms import ScaleIntensityRangePercentilesd
 
 from scsam_monai.data.normalize import (
+    IMAGE_NORMALIZATIONS,
+    PREPARED_SLICE_WINDOW,
     IntensityWindow,
     PercentileAccumulator,
+    SliceNormalizer,
+    check_image_normalization,
     measure_volume_window,
     normalize_slice,
     volume_window,
@@ -189,3 +193,43 @@ def test_measure_volume_window_reads_one_slice_at_a_time_along_any_axis():
     assert window == volume_window(iter(image), source="generated")  # the same voxels, in another order
     with pytest.raises(DataPreparationError, match="generated: slice 99 is outside"):
         measure_volume_window(volume, indices=[0, 99])
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", ">u2", "int8", "float32", "bool"])
+def test_slice_normalizer_equals_normalize_slice_exactly(dtype):
+    """The lookup table of 8- and 16-bit slices holds normalize_slice's own values: identical results."""
+    rng = np.random.default_rng(4)
+    if dtype == "bool":
+        volume = rng.random((3, 20, 16)) > 0.5
+    elif dtype == "float32":
+        volume = rng.normal(0, 1, (3, 20, 16)).astype(np.float32)
+    else:
+        info = np.iinfo(np.dtype(dtype))
+        volume = rng.integers(info.min, info.max, (3, 20, 16), endpoint=True).astype(dtype)
+    window = volume_window(iter(volume), source="v.tif", lower=2, upper=97)
+    normalizer = SliceNormalizer(window)
+    out = np.empty((20, 16), np.float32)
+    for image in volume:
+        np.testing.assert_array_equal(normalizer(image), normalize_slice(image, window))
+        assert normalizer(image, out=out) is out
+        np.testing.assert_array_equal(out, normalize_slice(image, window))
+    np.testing.assert_array_equal(SliceNormalizer(None)(volume[0]), normalize_slice(volume[0]))  # per image
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "int16", "float32"])
+def test_measuring_in_several_threads_gives_the_same_window(dtype):
+    volume = (RNG.normal(0, 1000, (9, 30, 20)) + (2000 if dtype == "uint16" else 0)).astype(dtype)
+    source = Volume(source="v.tif", format="tiff", shape=volume.shape, dtype=volume.dtype, read=lambda i: volume[i])
+    one = measure_volume_window(source)
+    assert measure_volume_window(source, workers=4) == one == volume_window(iter(volume), source="v.tif")
+
+
+def test_prepared_slice_window_is_train_yaml_prepared_transform_and_bad_names_are_refused():
+    from monai.transforms import ScaleIntensityRange
+
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    monai = ScaleIntensityRange(0.0, 255.0, 0.0, 1.0, clip=True)(torch.from_numpy(values.astype(np.float32))[None])
+    np.testing.assert_array_equal(normalize_slice(values, PREPARED_SLICE_WINDOW), monai[0].numpy())
+    assert [check_image_normalization(v) for v in IMAGE_NORMALIZATIONS] == ["per_image", "prepared"]
+    with pytest.raises(ValueError, match="image_normalization must be one of per_image, prepared.*'per_volume'"):
+        check_image_normalization("per_volume")

@@ -8,8 +8,8 @@ from monai.engines import SupervisedTrainer
 
 from scsam_monai.engines.train_step import ScSAMTrainStep
 from scsam_monai.losses import ScSAMLoss
-from scsam_monai.networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
 from scsam_monai.networks.build import build_scsam_head
+from scsam_monai.networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
 
 
 def _batch(sam_encoder, mae_encoder, n: int = 2):

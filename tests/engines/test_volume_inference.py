@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -277,3 +278,17 @@ def test_reading_the_model_and_writing_overlap():
     serial = time.perf_counter() - start
     assert serial >= 3 * n * step
     assert pipelined < 0.6 * serial, (pipelined, serial)
+
+
+def test_reader_and_writer_threads_end_promptly_when_the_model_fails():
+    class FailsOnSecondBatch(IndexModel):
+        def forward(self, images):
+            if len(self.batch_sizes) == 1:
+                raise RuntimeError("device lost")
+            return super().forward(images)
+
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match="device lost"):
+        segment_slices(FailsOnSecondBatch(), _slices(4), normalize=False, progress=False, writer=lambda i, lab: None)
+    assert time.perf_counter() - start < 5
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("segment_slices-")]

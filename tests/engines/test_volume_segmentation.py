@@ -210,7 +210,15 @@ class FailingModel(ThresholdModel):
 
 
 @pytest.mark.parametrize(
-    ("fmt", "name"), [("tiff", "vol.tif"), ("hdf5", "vol.h5"), ("zarr", "vol.zarr"), ("png", "vol.png")]
+    ("fmt", "name"),
+    [
+        ("tiff", "vol.tif"),
+        ("hdf5", "vol.h5"),
+        ("zarr", "vol.zarr"),
+        ("n5", "vol.n5"),
+        ("nifti", "vol.nii.gz"),
+        ("png", "vol.png"),
+    ],
 )
 @pytest.mark.parametrize("failure", ["read", "model"])
 def test_a_failed_run_leaves_no_partial_output_and_keeps_the_old_one(tmp_path, monkeypatch, fmt, name, failure):
@@ -282,3 +290,20 @@ def test_prepared_normalises_a_raw_input_per_volume_and_datalist_slices_as_train
     assert record["intensity_window"] == PREPARED_SLICE_WINDOW.as_dict()
     x = torch.from_numpy(image.astype(np.float32) / 255)[None, None]
     np.testing.assert_array_equal(tifffile.imread(record["label"]), merge_class_logits(ThresholdModel()(x))[0, 0])
+
+
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+def test_tiff_slices_stream_by_positioned_reads_from_several_threads(tmp_path, byteorder):
+    """Streaming reads the z slices of an uncompressed stack with ``os.preadv`` (nothing stays mapped), in any
+    order and from several threads at once (the reader thread and the window's measuring threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    array = np.random.default_rng(5).integers(0, 65535, (12, 40, 24)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "v.tif", array, byteorder=byteorder, metadata={"axes": "ZYX"})
+    with open_volume(tmp_path / "v.tif") as volume:
+        assert volume.lazy
+        with ThreadPoolExecutor(4) as pool:
+            slices = list(pool.map(volume.read_slice, [11, 0, *range(12)]))
+        for z, plane in zip([11, 0, *range(12)], slices, strict=True):
+            np.testing.assert_array_equal(plane, array[z])
+        np.testing.assert_array_equal(volume.read_slice(7, axis=2), array[:, :, 7])  # other axes: the memory map

@@ -3,7 +3,10 @@
 
 :func:`open_writer` returns a :class:`SliceWriter` for a ``(Z, Y, X)`` array in one of
 :data:`~scsam_monai.data.formats.OUTPUT_FORMATS`; ``write(index, plane)`` takes the slices in order and
-``close()`` finishes the file, so that neither a volume nor its segmentation is ever held whole:
+``close()`` finishes the file, so that neither a volume nor its segmentation is ever held whole. Every writer
+writes under a hidden partial name beside its output and renames it into place when ``close()`` completes it;
+``abort()`` (or a ``close()`` with slices missing) removes the partial output, so a failed run never leaves a
+truncated file under the final name:
 
 - TIFF stacks through tifffile's incremental writer (ImageJ hyperstack with the input's spacing),
 - HDF5 datasets (h5py, chunked one slice per chunk, ``element_size_um``),

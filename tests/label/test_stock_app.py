@@ -1,0 +1,136 @@
+"""The packaged bundle served by MONAI Label's STOCK ``monaibundle`` sample app (``BundleInferTask``), over HTTP.
+
+A real ``monailabel start_server`` on 127.0.0.1 with a copy of ``sample-apps/monaibundle`` as shipped with MONAI
+Label, ``--conf models scsam_em_organelle_segmentation``, the bundle written by ``scripts/package_bundle.py`` in
+the app's ``model/`` folder (its inference.yaml switched to the tiny random-encoder profile, for speed) and a
+stand-in ``models/model.pt`` made as the Model Zoo CI makes one (``network_def``'s own state dict: not trained).
+An uploaded 2D slice comes back from ``/infer`` as a label map of its shape with values in 0..3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scsam_monai.data.readers import open_volume
+from tests.helpers import free_port
+
+from .conftest import IMAGE_SIZE
+
+monailabel = pytest.importorskip("monailabel")
+requests = pytest.importorskip("requests")
+
+START_TIMEOUT = 240
+
+
+def _stock_app(work: Path) -> Path:
+    app = Path(sys.prefix) / "monailabel" / "sample-apps" / "monaibundle"
+    if not (app / "main.py").is_file():
+        pytest.skip(f"MONAI Label's monaibundle sample app is not installed at {app}")
+    return Path(shutil.copytree(app, work / "app", ignore=shutil.ignore_patterns("__pycache__", "model")))
+
+
+def _bundle(repo_root: Path, models_dir: Path) -> Path:
+    import torch
+    from monai.bundle import ConfigParser
+
+    from scripts.package_bundle import BUNDLE_NAME, package
+
+    bundle = package(repo_root / "bundle", models_dir, name=BUNDLE_NAME)
+    config = bundle / "configs" / "inference.yaml"
+    text = config.read_text()
+    assert "\ntiny_random_encoders: false\n" in text
+    config.write_text(text.replace("\ntiny_random_encoders: false\n", "\ntiny_random_encoders: true\n"))
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    parser["bundle_root"] = str(bundle)
+    torch.manual_seed(0)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def stock_server(tmp_path_factory, repo_root):
+    work = tmp_path_factory.mktemp("stock_app")
+    app = _stock_app(work)
+    bundle = _bundle(repo_root, app / "model")
+    (work / "studies").mkdir()
+    port = free_port()
+    script = Path(sys.executable).parent / "monailabel"
+    launcher = [str(script)] if script.is_file() else [sys.executable, "-m", "monailabel.main"]
+    cmd = [
+        *launcher, "start_server", "--app", str(app), "--studies", str(work / "studies"),
+        "--host", "127.0.0.1", "--port", str(port),
+        "--conf", "models", bundle.name, "--conf", "sam2", "false", "--conf", "skip_trainers", "true",
+        "--conf", "zoo_source", "github",  # a local bundle: no look-up in the online Model Zoo
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "MONAILABEL_PYEXE": sys.executable,
+        "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
+        "OMP_NUM_THREADS": "2",
+    }
+    log = work / "server.log"
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(
+            cmd, cwd=work, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + START_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"the server exited ({process.returncode}):\n{log.read_text()[-6000:]}")
+            try:
+                if requests.get(f"{url}/info/", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.time() > deadline:
+                raise AssertionError(f"no answer within {START_TIMEOUT} s:\n{log.read_text()[-6000:]}")
+            time.sleep(1)
+        yield url, bundle.name, log
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=20)
+
+
+def test_stock_app_lists_the_bundle_with_its_classes(stock_server):
+    url, name, log = stock_server
+    info = requests.get(f"{url}/info/", timeout=30).json()
+    assert name in info["models"], (info["models"], log.read_text()[-4000:])
+    assert set(info["models"][name]["labels"]) == {"nucleus", "mitochondria", "granules"}
+
+
+def test_stock_app_segments_an_uploaded_slice(stock_server, synthetic, tmp_path):
+    url, name, log = stock_server
+    image = synthetic / "images" / "val_000.tif"
+    with open(image, "rb") as handle:
+        answer = requests.post(
+            f"{url}/infer/{name}",
+            params={"output": "image"},
+            data={"params": json.dumps({"result_extension": ".nii.gz"})},
+            files={"file": (image.name, handle)},
+            timeout=300,
+        )
+    assert answer.status_code == 200, (answer.text[:2000], log.read_text()[-6000:])
+    path = tmp_path / "label.nii.gz"
+    path.write_bytes(answer.content)
+    with open_volume(path) as volume:
+        label = np.squeeze(volume.read())
+    assert sorted(label.shape) == [IMAGE_SIZE, IMAGE_SIZE]
+    assert set(np.unique(label).tolist()) <= {0, 1, 2, 3}
