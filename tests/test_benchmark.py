@@ -84,6 +84,7 @@ def test_ratios_and_targets_from_section_results():
         "training": {"batched": {"images_per_s": 9.0}, "naive_per_class": {"images_per_s": 3.0}},
         "memory": {"checkpoints": [{"slices": 100, "peak_rss_bytes": 100}, {"slices": 1000, "peak_rss_bytes": 102}]},
         "flops": {"encoder_fraction_of_matmul": 0.4},
+        "volume_pipeline": {"pipeline_over_model": 0.9},
     }
     ratios = compute_ratios(results)
     assert set(RATIO_KEYS) <= set(ratios)
@@ -92,8 +93,10 @@ def test_ratios_and_targets_from_section_results():
     assert ratios["head_over_encoders"] == pytest.approx(0.04)
     assert ratios["batched_over_naive_training"] == pytest.approx(3.0)
     assert ratios["memory_1000_over_100_slices"] == pytest.approx(1.02)
+    assert ratios["pipeline_over_model"] == pytest.approx(0.9)
     targets = check_targets(ratios)
     assert all(t["met"] for t in targets.values())
+    assert check_targets({**ratios, "pipeline_over_model": 0.8})["pipeline_over_model"]["met"] is False
     assert compute_ratios({})["full_over_sam"] is None
 
 

@@ -21,11 +21,10 @@ import pytest
 import tifffile
 import torch
 import yaml
-from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, ScaleIntensityRangePercentilesd
 
 from scsam_monai.data.embedding_dataset import precompute_embeddings
 from scsam_monai.data.readers import DataPreparationError, open_volume, read_image_2d
-from scsam_monai.data.transforms import LoadImage2Dd
+from tests.helpers import train_preprocessing
 
 REPO = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(0)
@@ -129,23 +128,12 @@ class _Encoder(torch.nn.Module):
         return h, w
 
 
-def _preprocessing() -> Compose:
-    return Compose(
-        [
-            LoadImage2Dd(keys=["image", "label"]),
-            EnsureChannelFirstd(keys=["image", "label"], channel_dim="no_channel"),
-            EnsureTyped(keys=["image", "label"], dtype=[torch.float32, None], track_meta=False),
-            ScaleIntensityRangePercentilesd(keys="image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True),
-        ]
-    )
-
-
 def _precompute(tmp_path: Path, image: np.ndarray, label: np.ndarray, num_classes: int | None = 3):
     item = {"image": str(_tif(tmp_path / "img.tif", image)), "label": str(_tif(tmp_path / "lab.tif", label))}
     return precompute_embeddings(
         [item],
         cache_dir=tmp_path / "cache",
-        preprocessing=_preprocessing(),
+        preprocessing=train_preprocessing(),
         sam_encoder=_Encoder(),
         progress=False,
         num_classes=num_classes,
@@ -200,12 +188,12 @@ def test_nan_image_in_a_datalist_names_the_file_through_monai_compose(tmp_path):
 def test_missing_file_in_a_datalist_names_it(tmp_path):
     item = {"image": str(tmp_path / "gone.tif"), "label": str(_tif(tmp_path / "lab.tif", LABEL))}
     with pytest.raises(DataPreparationError, match=r"gone\.tif: file not found"):
-        precompute_embeddings([item], cache_dir=tmp_path, preprocessing=_preprocessing(), sam_encoder=_Encoder())
+        precompute_embeddings([item], cache_dir=tmp_path, preprocessing=train_preprocessing(), sam_encoder=_Encoder())
 
 
 def test_empty_datalist_is_refused():
     with pytest.raises(DataPreparationError, match="datalist is empty"):
-        precompute_embeddings([], cache_dir="unused", preprocessing=_preprocessing(), sam_encoder=_Encoder())
+        precompute_embeddings([], cache_dir="unused", preprocessing=train_preprocessing(), sam_encoder=_Encoder())
 
 
 # ---- untrusted files: nothing read can run code -------------------------------------------------------------

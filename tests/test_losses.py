@@ -88,3 +88,42 @@ def test_single_stream_has_no_alignment_term():
     }
     terms = ScSAMLoss(num_classes=3)(logits, label, aux)
     assert terms["cos"] == 0 and terms["ntx"] == 0
+
+
+def _aux() -> dict:
+    return {
+        "aligned_sam": None,
+        "aligned_mae": None,
+        "prototypes": torch.randn(3, 4),
+        "class_embeddings": torch.zeros(0, 4),
+        "class_ids": torch.zeros(0, dtype=torch.long),
+    }
+
+
+def test_bce_term_is_added_with_its_weight():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8)
+    label = torch.randint(0, 4, (2, 1, 8, 8))
+    paper = ScSAMLoss(num_classes=3)(logits, label, _aux())
+    assert "ce" not in paper  # the paper's loss is unchanged by default
+    terms = ScSAMLoss(num_classes=3, lambda_ce=0.5)(logits, label, _aux())
+    target = labels_to_one_hot(label, 3)
+    p = torch.sigmoid(logits)
+    by_hand = -(target * p.log() + (1 - target) * (1 - p).log()).mean()
+    torch.testing.assert_close(terms["ce"], by_hand)
+    torch.testing.assert_close(terms["loss"], paper["loss"] + 0.5 * by_hand)
+    with pytest.raises(ValueError, match="lambda_ce"):
+        ScSAMLoss(lambda_ce=-1.0)
+
+
+def test_bce_pulls_saturated_everywhere_masks_back_where_dice_alone_cannot():
+    # the demo's failure: every mask "on" everywhere with saturated logits; Dice has no gradient left
+    label = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    label[..., :4, :4] = 1
+    logits = torch.full((1, 3, 8, 8), 25.0, requires_grad=True)
+    ScSAMLoss(num_classes=3)(logits, label, _aux())["loss"].backward()
+    assert logits.grad.abs().max() < 1e-6
+    logits.grad = None
+    ScSAMLoss(num_classes=3, lambda_ce=1.0)(logits, label, _aux())["loss"].backward()
+    background = labels_to_one_hot(label, 3) == 0
+    assert (logits.grad[background] > 1e-3).all()  # gradient descent lowers every false-positive logit

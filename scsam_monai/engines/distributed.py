@@ -101,12 +101,15 @@ def init_distributed(backend: str | None = None) -> int:
 def destroy_distributed() -> None:
     """Leave the process group at the end of a run (the bundle's ``finalize``): all ranks together, exactly once.
 
-    A rank that finished its epochs used to destroy its group and exit while rank 0 was still writing the final
-    checkpoints, with the gloo worker threads that ran its last collectives still alive (``DistributedDataParallel``
-    keeps the backend, and so its threads, alive after ``destroy_process_group``). Interpreter shutdown then
-    raced those threads: rank 1 died with ``terminate called without an active exception`` (SIGABRT) and
-    ``torchrun`` killed rank 0. Now every rank first waits at a barrier until all ranks have finished, and all
-    their earlier collectives have completed; the tqdm monitor thread is stopped; then the group is destroyed.
+    Why the barrier: ``DistributedDataParallel`` keeps the gloo backend, and so its worker threads, alive after
+    ``destroy_process_group``. A gloo worker frees the work of a collective after the caller has moved on; for
+    ``all_gather_object`` (the weight check's) that drops the last reference to Python tensors and takes the GIL.
+    Rank 1, with nothing left to write, used to reach interpreter shutdown before its worker had done so: the
+    worker's GIL request during ``Py_Finalize`` ends the thread (``pthread_exit``) inside a C++ destructor,
+    ``terminate called without an active exception`` (SIGABRT, seen in a core dump), and ``torchrun`` killed
+    rank 0, still writing its final checkpoints. Now every rank waits at a barrier until all ranks have finished
+    (rank 0's files included), with the GIL released, so the workers free their last works while the interpreter
+    is alive; the tqdm monitor thread is stopped and joined; then the group is destroyed.
     A second call, or a call outside a distributed run, does nothing.
     """
     if not (dist.is_available() and dist.is_initialized()):

@@ -60,8 +60,9 @@ def test_markdown_tables_and_notes(experiments):
     text = (out / "results.md").read_text()
     for title in (GROUPS[g] for g in GROUPS if g != "cross_dataset"):
         assert f"## {title}" in text
-    assert "RANDOM weights" in text and "Challenge IoU | mIoU | AJI | Dice nucleus" in text
-    for label in ("| ScSAM |", "| SAM* |", "| MAE* |", "| SurgicalSAM-style |", "| UNet |", "| lambda = 0.3 |"):
+    assert "RANDOM weights" in text and "Challenge IoU | pooled IoU | mcIoU | AJI | Dice nucleus" in text
+    labels = ("| ScSAM |", "| SAM* |", "| MAE* |", "| MAE* (random MAE) |", "| SurgicalSAM-style |", "| UNet |")
+    for label in (*labels, "| lambda = 0.3 |"):
         assert label in text
 
 
@@ -85,7 +86,11 @@ def test_each_row_saves_config_seed_curve_and_command(experiments):
             config = json.loads((run / "config.json").read_text())
             assert config["seed"] == 0 and config["datalist"] == str(out / "datalist.json")
             assert "monai.bundle run training" in (run / "command.sh").read_text()
-            assert record["curve"]["epoch"] == [0, 1, 2] and (run / "models" / "model.pt").is_file()
+            # the same budget of samples for every row: ScSAM rows see 2 cached views per slice per epoch,
+            # supervised rows one, so they run twice the epochs and validate every second one
+            assert record["curve"]["epoch"] == ([0, 1, 2] if record["kind"] == "scsam" else [0, 2, 4])
+            assert record["curve"]["samples"] == [0, 8, 16] and record["samples_seen"] == record["budget_samples"] == 16
+            assert (run / "training_budget.json").is_file() and (run / "models" / "model.pt").is_file()
 
 
 def test_a_row_reruns_from_its_saved_command(experiments):

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The real-EM report (docs/results_real_em.md) with one command, from any folder:
+#   bash scripts/real_em_report.sh OUT_DIR [SEEDS]        e.g. bash scripts/real_em_report.sh outputs/real_em 0,1,2
+# On the ssTEM sample of ../shared/data/drosophila-vnc-sstem (20 sections, 1024 x 1024) it
+#   1. prepares the sample with scsam-prepare into OUT/data: classes mitochondria, synapses, membranes (label values
+#      1..3), sections 0-11 train, 12-14 validate, 16-19 test (15 is a gap: neighbouring sections look alike),
+#      downscaled 4x to 256 x 256, the canvas of the small profile;
+#   2. pre-trains the tiny MAE on the training + validation sections only (pretrain_sstem.yaml, --image_slices 0:15,
+#      never a test section) into OUT/mae (encoder: OUT/mae/mae_encoder.pt, loss curve: OUT/mae/mae_loss.png);
+#   3. runs scripts/run_experiments.py --profile small for the rows ScSAM, SAM*, MAE*, MAE* (random MAE), UNet and
+#      DynUNet once per seed into OUT/seed_<k> (results.csv/.md/.json, learning_curves.png, qualitative.png,
+#      runs/<method>/training_budget.json);
+#   4. aggregates the seeds: mean and standard deviation over seeds of every score per row into OUT/summary.csv,
+#      OUT/summary.json and OUT/summary.md, with the difference MAE* - MAE* (random MAE) of the mean Dice per seed.
+# SEEDS: comma-separated seeds (default 0,1,2). Steps whose outputs exist are skipped, so a run can be resumed or
+# extended with more seeds. Environment: DATA (the sample, default ../shared/data/drosophila-vnc-sstem from the
+# repository root), METHODS (default all six rows; e.g. drop dynunet when time is short). One thread per process
+# unless OMP_NUM_THREADS is set; sized for 2 CPU cores.
+set -euo pipefail
+if [ $# -lt 1 ] || [ $# -gt 2 ]; then
+  echo "usage: bash scripts/real_em_report.sh OUT_DIR [SEEDS, default 0,1,2]" >&2
+  exit 2
+fi
+OUT_ARG="$1"
+SEEDS="${2:-0,1,2}"
+CALLER="$(pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"  # cd to the repository root, .venv/bin on PATH
+case "$OUT_ARG" in /*) OUT="$OUT_ARG" ;; *) OUT="$CALLER/$OUT_ARG" ;; esac
+DATA="${DATA:-../shared/data/drosophila-vnc-sstem}"
+METHODS="${METHODS:-scsam,sam_only,mae_only,mae_only_random,unet,dynunet}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
+for part in raw mitochondria synapses membranes; do
+  if [ ! -d "$DATA/$part" ]; then
+    echo "real_em_report: $DATA/$part not found (the ssTEM sample; set DATA=...)" >&2
+    exit 2
+  fi
+done
+mkdir -p "$OUT"
+log() { echo "[real_em_report $(date +%H:%M:%S)] $*"; }
+
+if [ ! -f "$OUT/data/datalist.json" ]; then
+  log "1/4 preparing $DATA into $OUT/data"
+  python scripts/prepare_data.py --image "$DATA/raw" \
+    --mask "mitochondria=$DATA/mitochondria" --mask "synapses=$DATA/synapses" --mask "membranes=$DATA/membranes" \
+    --train-slices 0:12 --val-slices 12:15 --test-slices 16:20 --downscale 4 --out "$OUT/data" --quiet
+else
+  log "1/4 $OUT/data/datalist.json exists: kept"
+fi
+
+if [ ! -f "$OUT/mae/checkpoints/mae_checkpoint_final.pt" ]; then
+  log "2/4 pre-training the tiny MAE on sections 0-14 (training + validation) into $OUT/mae"
+  python -m monai.bundle run pretraining --meta_file bundle/configs/metadata.json \
+    --config_file "['bundle/configs/pretrain_mae.yaml','bundle/configs/pretrain_sstem.yaml']" \
+    --logging_file bundle/configs/logging.conf \
+    --image_dir "$DATA/raw" --image_slices 0:15 --output_dir "$OUT/mae" --seed 0
+else
+  log "2/4 $OUT/mae pre-training finished: kept"
+fi
+
+IFS=',' read -r -a SEED_LIST <<< "$SEEDS"
+for seed in "${SEED_LIST[@]}"; do
+  if [ ! -f "$OUT/seed_$seed/results.csv" ]; then
+    log "3/4 seed $seed: $METHODS into $OUT/seed_$seed"
+    # a failed row is reported in results.md and does not stop the other seeds
+    python scripts/run_experiments.py --datalist "$OUT/data/datalist.json" --profile small --seed "$seed" \
+      --methods "$METHODS" --out "$OUT/seed_$seed" \
+      --override image_normalization=prepared --override "mae_checkpoint=$OUT/mae/mae_encoder.pt" || true
+  else
+    log "3/4 $OUT/seed_$seed/results.csv exists: kept"
+  fi
+done
+
+log "4/4 aggregating the seeds into $OUT/summary.{csv,json,md}"
+python -m scsam_monai.experiments.seeds "$OUT" "${SEED_LIST[@]}" --title "Real EM (ssTEM sample), small profile"
