@@ -44,7 +44,7 @@ __all__ = [
     "ScSAMBundleNetwork",
     "ScSAMIntensityd",
     "SliceWiseInferer",
-    "cached_embedding_dataset",
+    "datalist_embedding_dataset",
 ]
 
 logger = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ class SliceWiseInferer(Inferer):
         return logits.reshape(b, depth, -1, h, w).permute(0, 2, 3, 4, 1)
 
 
-def cached_embedding_dataset(
+def datalist_embedding_dataset(
     data: Sequence[Mapping[str, Any]], *, records: Sequence[dict], **kwargs: Any
 ) -> torch.utils.data.Dataset:
     """``train#dataset`` / ``validate#dataset`` of ``train.yaml``: the cached embeddings of the datalist ``data``.

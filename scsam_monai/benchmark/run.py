@@ -199,6 +199,22 @@ def _run(
         "sections": list(sections),
     }
     timings: dict = {}
+    # the streaming measurements (memory, whole-volume pipeline) run the same model in a fresh process
+    streaming = {
+        "sam_arch": profile.sam_arch,
+        "mae_arch": profile.mae_arch,
+        "slices": profile.memory_slices,
+        "batch_size": batch,
+        "image_size": profile.image_size,
+        "device": device,
+        "amp_dtype": amp_dtype,
+        "sam_precision": sam_precision,
+        "sam_attention": sam_attention,
+        "threads": torch.get_num_threads(),
+        "sam_checkpoint": sam_checkpoint,
+        "mae_checkpoint": mae_checkpoint,
+        "timeout": memory_timeout,
+    }
     if "inference" in sections:
         logger.info("Section 1: per-image inference (batch %d)", batch)
         t = time.perf_counter()
@@ -221,21 +237,7 @@ def _run(
         logger.info("Section 3: embedding-cache reads and volume-inference memory")
         t = time.perf_counter()
         report["cache"] = cache_read(profile, grid=model.head.grid_size)
-        report["memory"] = measure_volume_memory(
-            sam_arch=profile.sam_arch,
-            mae_arch=profile.mae_arch,
-            slices=profile.memory_slices,
-            batch_size=batch,
-            image_size=profile.image_size,
-            device=device,
-            amp_dtype=amp_dtype,
-            sam_precision=sam_precision,
-            sam_attention=sam_attention,
-            threads=torch.get_num_threads(),
-            sam_checkpoint=sam_checkpoint,
-            mae_checkpoint=mae_checkpoint,
-            timeout=memory_timeout,
-        )
+        report["memory"] = measure_volume_memory(**streaming)
         timings["data"] = time.perf_counter() - t
     if "flops" in sections:
         logger.info("Section 4: matmul throughput")
@@ -250,22 +252,7 @@ def _run(
     if "pipeline" in sections:
         logger.info("Section 5: whole-volume inference from a uint16 TIFF on disk against the model alone")
         t = time.perf_counter()
-        report["volume_pipeline"] = measure_volume_pipeline(
-            sam_arch=profile.sam_arch,
-            mae_arch=profile.mae_arch,
-            slices=profile.memory_slices,
-            factor=10,
-            image_size=profile.image_size,
-            batch_size=batch,
-            device=device,
-            amp_dtype=amp_dtype,
-            sam_precision=sam_precision,
-            sam_attention=sam_attention,
-            threads=torch.get_num_threads(),
-            sam_checkpoint=sam_checkpoint,
-            mae_checkpoint=mae_checkpoint,
-            timeout=memory_timeout,
-        )
+        report["volume_pipeline"] = measure_volume_pipeline(**streaming, factor=10)
         timings["pipeline"] = time.perf_counter() - t
     if "mae" in sections:
         logger.info("Section 6: MAE pre-training throughput (resident crops, %s)", profile.mae_arch)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_json, atomic_write_text
-from .report import write_csv
+from .report import plot_learning_curves, write_csv
 
 __all__ = ["GOAL", "aggregate_seeds", "flat_scores", "format_summary", "mean_std", "read_seed_records", "main"]
 
@@ -36,13 +36,16 @@ FACTS = ("optimizer_steps", "samples_seen", "budget_samples", "best_epoch", "epo
 def read_seed_records(out: str | Path, seeds: Sequence[int | str]) -> dict[str, dict[str, dict]]:
     """Finished rows of every seed: ``{seed: {method: record}}`` from ``out/seed_<k>/runs/*/row.json``.
 
-    Rows that failed (a record with ``error``) or have no scores are left out; a seed folder that is missing or
-    holds no finished row maps to an empty dict, so the caller can say which seeds are absent.
+    ``out/seed_<k>/<group>/runs/*/row.json`` count as well: the rows of one seed may run as several processes,
+    one output folder each (``scripts/real_em_report.sh``). Rows that failed (a record with ``error``) or have no
+    scores are left out; a seed folder that is missing or holds no finished row maps to an empty dict, so the
+    caller can say which seeds are absent.
     """
     found: dict[str, dict[str, dict]] = {}
     for seed in seeds:
         rows: dict[str, dict] = {}
-        for path in sorted((Path(out) / f"seed_{seed}" / "runs").glob("*/row.json")):
+        folder = Path(out) / f"seed_{seed}"
+        for path in sorted([*folder.glob("runs/*/row.json"), *folder.glob("*/runs/*/row.json")]):
             try:
                 record = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError) as err:
@@ -171,7 +174,7 @@ def _csv_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Write ``OUT/summary.csv``, ``summary.json`` and ``summary.md`` for the given seeds; print summary.md."""
+    """Write ``OUT/summary.csv``, ``summary.json``, ``summary.md`` and ``learning_curves_seed_<k>.png``."""
     parser = argparse.ArgumentParser(prog="python -m scsam_monai.experiments.seeds", description=__doc__)
     parser.add_argument("out", help="folder holding seed_<k>/ (and data/manifest.json for the class names)")
     parser.add_argument("seeds", nargs="+", help="seeds to aggregate")
@@ -189,6 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     atomic_write_json(out / "summary.json", summary)
     text = format_summary(summary, args.title)
     atomic_write_text(out / "summary.md", text)
+    for seed, rows in records.items():  # every row of a seed in one figure, whichever process trained it
+        curves = {_label(r, m): r["curve"] for m, r in rows.items() if r.get("curve")}
+        if curves:
+            plot_learning_curves(curves, out / f"learning_curves_seed_{seed}.png")
     print(text)
     return 0 if summary["rows"] else 1
 
@@ -196,11 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _class_names(out: Path, records: Mapping[str, Mapping[str, Mapping]]) -> list[str]:
     """Foreground class names: a seed's results.json, else data/manifest.json, else the label values 1..C."""
     for seed in records:
-        path = out / f"seed_{seed}" / "results.json"
-        if path.is_file():
-            names = json.loads(path.read_text()).get("class_names")
-            if names:
-                return list(names[1:])
+        folder = out / f"seed_{seed}"
+        for path in [folder / "results.json", *sorted(folder.glob("*/results.json"))]:
+            if path.is_file():
+                names = json.loads(path.read_text()).get("class_names")
+                if names:
+                    return list(names[1:])
     manifest = out / "data" / "manifest.json"
     if manifest.is_file():
         classes = json.loads(manifest.read_text()).get("classes", {})

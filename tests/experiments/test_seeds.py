@@ -27,8 +27,8 @@ def _record(name: str, label: str, dice: tuple[float, float], aji: float, **extr
             "best_epoch": 3, "stop_reason": "budget", **extra}  # fmt: skip
 
 
-def _write(out, seed: int, record: dict) -> None:
-    path = out / f"seed_{seed}" / "runs" / record["name"] / "row.json"
+def _write(out, seed: int, record: dict, group: str = "") -> None:
+    path = out / f"seed_{seed}" / group / "runs" / record["name"] / "row.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record))
 
@@ -68,10 +68,11 @@ def test_aggregate_gives_mean_std_per_row_and_the_mae_gain_per_seed():
     assert gain["std"] == pytest.approx(0.0, abs=1e-12) and gain["goal_met"]
 
 
-def test_main_reads_finished_rows_skips_failed_ones_and_writes_the_summary(tmp_path, capsys):
+def test_main_reads_rows_of_every_process_skips_failed_ones_and_writes_the_summary(tmp_path, capsys):
     _write(tmp_path, 0, _record("mae_only", "MAE*", (0.5, 0.5), 0.2))
-    _write(tmp_path, 0, _record("mae_only_random", "MAE* (random MAE)", (0.5, 0.48), 0.2))
-    _write(tmp_path, 0, {"name": "unet", "error": "RuntimeError: boom"})
+    curve = {"epoch": [0, 1], "samples": [0, 8], "val_dice": [0.1, 0.3]}
+    _write(tmp_path, 0, _record("mae_only_random", "MAE* (random MAE)", (0.5, 0.48), 0.2, curve=curve), "random")
+    _write(tmp_path, 0, {"name": "unet", "error": "RuntimeError: boom"}, "unet")
     (tmp_path / "seed_0" / "results.json").write_text(json.dumps({"class_names": ["background", *CLASSES]}))
     assert set(read_seed_records(tmp_path, [0])["0"]) == {"mae_only", "mae_only_random"}
     assert main([str(tmp_path), "0", "1"]) == 0
@@ -84,3 +85,4 @@ def test_main_reads_finished_rows_skips_failed_ones_and_writes_the_summary(tmp_p
     assert float(rows["mae_only"]["dice_mito_mean"]) == pytest.approx(0.5) and rows["mae_only"]["dice_mito_std"] == ""
     text = (tmp_path / "summary.md").read_text()
     assert "| MAE* | 1 | 0.500 |" in text and "one seed: no spread" in text and "not met" in text
+    assert (tmp_path / "learning_curves_seed_0.png").stat().st_size > 0
