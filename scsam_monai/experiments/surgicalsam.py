@@ -36,10 +36,8 @@ import torch.nn.functional as F
 from segment_anything.modeling import PromptEncoder
 from torch import nn
 
-from ..networks.build import HEAD_KEYS
-from ..networks.checkpoints import load_sam_decoder_weights
+from ..networks.build import HEAD_KEYS, build_sam_decoder_parts
 from ..networks.fafm import FusionOutput
-from ..networks.mask_decoder import build_mask_decoder
 from ..networks.prompt_encoder import ClassPrompts
 from ..networks.scsam import ScSAMHead
 
@@ -231,15 +229,9 @@ def build_surgicalsam_head(
         grid_size=grid_size,
         num_tokens=int(merged["num_sparse_tokens"]),
     )
-    mask_decoder = build_mask_decoder(transformer_dim=feature_dim)
-    sam_prompt_encoder = PromptEncoder(
-        embed_dim=feature_dim,
-        image_embedding_size=(grid_size, grid_size),
-        input_image_size=(canvas_size, canvas_size),
-        mask_in_chans=16,
+    mask_decoder, sam_prompt_encoder = build_sam_decoder_parts(
+        canvas_size=canvas_size, grid_size=grid_size, feature_dim=feature_dim, sam_checkpoint=sam_checkpoint
     )
-    if sam_checkpoint:
-        load_sam_decoder_weights(sam_checkpoint, mask_decoder=mask_decoder, prompt_encoder=sam_prompt_encoder)
     head = SurgicalSAMHead(
         prompt_encoder=prompt_encoder,
         mask_decoder=mask_decoder,
