@@ -24,7 +24,7 @@ from ..engines.volume_inference import segment_slices
 from .measure import peak_rss_bytes
 from .models import build_model
 
-__all__ = ["measure_volume_memory", "main"]
+__all__ = ["measure_volume_memory", "run_streaming_child", "main"]
 
 
 def _slices(n: int, size: int, seed: int) -> Iterator[np.ndarray]:
@@ -127,20 +127,75 @@ def measure_volume_memory(
         ``peak_rss_bytes``, ``gpu_peak_bytes`` on CUDA, ``seconds``), ``rss_growth_bytes`` (peak at 10 N minus
         peak at N) and ``rss_growth_per_slice_bytes``, ``slices_per_s`` and the settings.
     """
+    return run_streaming_child(
+        "scsam_monai.benchmark.memory",
+        "memory measurement",
+        [f"--batch-size={batch_size}"],
+        sam_arch=sam_arch,
+        mae_arch=mae_arch,
+        slices=slices,
+        factor=factor,
+        image_size=image_size,
+        device=device,
+        amp_dtype=amp_dtype,
+        sam_precision=sam_precision,
+        sam_attention=sam_attention,
+        threads=threads,
+        sam_checkpoint=sam_checkpoint,
+        mae_checkpoint=mae_checkpoint,
+        timeout=timeout,
+    )
+
+
+def run_streaming_child(
+    module: str,
+    what: str,
+    extra_args: list[str],
+    *,
+    sam_arch: str,
+    mae_arch: str,
+    slices: int,
+    factor: int,
+    image_size: int,
+    device: torch.device | str,
+    amp_dtype: torch.dtype | None,
+    sam_precision: str,
+    sam_attention: str,
+    threads: int | None,
+    sam_checkpoint: str | None,
+    mae_checkpoint: str | None,
+    timeout: float | None,
+    env: dict[str, str] | None = None,
+) -> dict:
+    """Run a streaming measurement (``module``'s command line) in a fresh process; return its last JSON line.
+
+    The memory and the whole-volume pipeline measurements build the same model from the same settings in a child
+    process (so that peak memory is the measurement's own); this passes those settings once for both.
+
+    Args:
+        module: the child's module (``python -m module``).
+        what: the measurement's name for the error message.
+        extra_args: the child's own options beside the shared ones.
+        env: variables set in the child beside ``OMP_NUM_THREADS`` (``setdefault``: the caller's environment wins).
+        others: as :func:`measure_volume_memory`.
+
+    Raises:
+        RuntimeError: the child failed (the tail of its stderr in the message).
+    """
     command = [
         sys.executable,
         "-m",
-        "scsam_monai.benchmark.memory",
+        module,
         f"--sam-arch={sam_arch}",
         f"--mae-arch={mae_arch}",
         f"--slices={slices}",
         f"--factor={factor}",
-        f"--batch-size={batch_size}",
         f"--image-size={image_size}",
         f"--device={device}",
         f"--amp={'none' if amp_dtype is None else str(amp_dtype).replace('torch.', '')}",
         f"--sam-precision={sam_precision}",
         f"--sam-attention={sam_attention}",
+        *extra_args,
     ]
     if threads:
         command.append(f"--threads={threads}")
@@ -148,12 +203,14 @@ def measure_volume_memory(
         command.append(f"--sam-checkpoint={sam_checkpoint}")
     if mae_checkpoint:
         command.append(f"--mae-checkpoint={mae_checkpoint}")
-    env = dict(os.environ)
+    child_env = dict(os.environ)
     if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+        child_env["OMP_NUM_THREADS"] = str(threads)
+    for key, value in (env or {}).items():
+        child_env.setdefault(key, value)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=child_env, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"memory measurement failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+        raise RuntimeError(f"{what} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

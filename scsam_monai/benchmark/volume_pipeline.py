@@ -25,8 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -34,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .memory import run_streaming_child
 
 __all__ = ["MMAP_THRESHOLD", "measure_volume_pipeline", "write_uint16_stack", "main"]
 
@@ -227,41 +227,32 @@ def measure_volume_pipeline(
     """
     if slices < 1 or factor < 1 or repeats < 1:
         raise ValueError(f"slices, factor and repeats must be >= 1, got {slices}, {factor} and {repeats}.")
-    command = [
-        sys.executable,
-        "-m",
-        "scsam_monai.benchmark.volume_pipeline",
-        f"--sam-arch={sam_arch}",
-        f"--mae-arch={mae_arch}",
-        f"--slices={slices}",
-        f"--factor={factor}",
-        f"--image-size={image_size}",
-        f"--device={device}",
-        f"--amp={'none' if amp_dtype is None else str(amp_dtype).replace('torch.', '')}",
-        f"--sam-precision={sam_precision}",
-        f"--sam-attention={sam_attention}",
-        f"--repeats={repeats}",
-    ]
+    extra = [f"--repeats={repeats}"]
     if batch_size:
-        command.append(f"--batch-size={batch_size}")
-    if threads:
-        command.append(f"--threads={threads}")
+        extra.append(f"--batch-size={batch_size}")
     if work_dir:
-        command.append(f"--work-dir={work_dir}")
-    if sam_checkpoint:
-        command.append(f"--sam-checkpoint={sam_checkpoint}")
-    if mae_checkpoint:
-        command.append(f"--mae-checkpoint={mae_checkpoint}")
-    env = dict(os.environ)
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
+        extra.append(f"--work-dir={work_dir}")
     # glibc raises its mmap threshold after large frees and then keeps freed buffers in its arenas: a one-time
     # growth of the resident size that is not accumulation; a fixed threshold measures what the pipeline holds
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"volume pipeline measurement failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_streaming_child(
+        "scsam_monai.benchmark.volume_pipeline",
+        "volume pipeline measurement",
+        extra,
+        sam_arch=sam_arch,
+        mae_arch=mae_arch,
+        slices=slices,
+        factor=factor,
+        image_size=image_size,
+        device=device,
+        amp_dtype=amp_dtype,
+        sam_precision=sam_precision,
+        sam_attention=sam_attention,
+        threads=threads,
+        sam_checkpoint=sam_checkpoint,
+        mae_checkpoint=mae_checkpoint,
+        timeout=timeout,
+        env={"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
