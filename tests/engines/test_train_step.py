@@ -80,3 +80,30 @@ def test_repeated_steps_reduce_the_loss():
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss_terms"]["loss"]))
     trainer.run()
     assert losses[-1] < losses[0] - 0.1, losses
+
+
+def test_cpu_bf16_autocast_steps_train_in_bf16_and_reduce_the_loss():
+    """The small profile's CPU speed path: the trainer's amp with a bf16 iteration (no GradScaler step)."""
+    sam_encoder = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
+    mae_encoder = FrozenMaeEncoder(arch="tiny", allow_random_weights=True)
+    torch.manual_seed(0)
+    head = build_scsam_head(canvas_size=256)
+    loss = ScSAMLoss()
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=6,
+        train_data_loader=_batch(sam_encoder, mae_encoder),
+        network=head,
+        optimizer=torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=1e-3),
+        loss_function=loss,
+        iteration_update=ScSAMTrainStep(loss, amp_dtype=torch.bfloat16),
+        decollate=False,
+        amp=True,
+    )
+    losses, dtypes = [], []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss_terms"]["loss"]))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: dtypes.append(e.state.output["pred"].dtype))
+    trainer.run()
+    assert torch.bfloat16 in dtypes  # the head really ran under bf16 autocast
+    assert all(p.dtype == torch.float32 for p in head.parameters())  # master weights stay float32
+    assert losses[-1] < losses[0] - 0.1, losses

@@ -534,6 +534,54 @@ def test_sam_speed_switches_are_checked():
     assert resolve_precision("fp32", "cuda") is None and resolve_precision("bf16", "cpu") == torch.bfloat16
 
 
+def test_sam_compile_setting_decides_per_device_and_arch():
+    tiny = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
+    assert tiny.compile_setting == "auto" and tiny.compile_options("cpu") is None  # not worth compiling
+    vit_b = FrozenSamEncoder(arch="vit_b", allow_random_weights=True)
+    assert vit_b.compile_options("cpu") == {"options": {"freezing": True}}  # the CPU speed path
+    assert vit_b.compile_options("cuda") is None  # "auto" compiles on CPUs only
+    explicit = FrozenSamEncoder(arch="tiny", allow_random_weights=True, compile=True)
+    assert explicit.compile_options("cpu") == {"options": {"freezing": True}} and explicit.compile_options("cuda") == {}
+    mode = FrozenSamEncoder(arch="tiny", allow_random_weights=True, compile="max-autotune")
+    assert mode.compile_options("cpu") == {"mode": "max-autotune"}
+    assert FrozenSamEncoder(arch="tiny", allow_random_weights=True, compile=False).compile_options("cpu") is None
+
+
+@pytest.mark.slow
+def test_sam_encoder_compiled_with_freezing_on_cpu_keeps_the_function_and_the_keys():
+    """The CPU speed path (Inductor with frozen weights, bf16 autocast) against segment-anything's fp32 encoder."""
+    images = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(3))
+    reference = FrozenSamEncoder(arch="tiny", allow_random_weights=True, precision="fp32", attention="reference")
+    compiled = FrozenSamEncoder(arch="tiny", allow_random_weights=True, precision="bf16", compile=True)
+    keys = list(compiled.state_dict())
+    expected = reference(images)
+    out = compiled(images)
+    assert compiled.encoder._compiled_call_impl is not None  # it really runs compiled
+    assert list(compiled.state_dict()) == keys == list(reference.state_dict())
+    assert out.dtype == torch.float32 and 0 < float((out - expected).norm() / expected.norm()) < 0.02
+    assert torch.equal(compiled(images), out)  # the frozen graph is reused, deterministically
+
+
+def _failing_backend(graph, example_inputs):
+    """A torch.compile backend that fails as Inductor does on a machine without a C++ compiler."""
+    raise RuntimeError("Compiler: cc is not found")
+
+
+def test_sam_compile_auto_falls_back_to_eager_when_compiling_fails(monkeypatch, caplog):
+    images = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(4))
+    eager = FrozenSamEncoder(arch="tiny", allow_random_weights=True, compile=False)
+    auto = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
+    monkeypatch.setattr(auto, "compile_options", lambda device: {"backend": _failing_backend})
+    with caplog.at_level("WARNING"):
+        out = auto(images)
+    assert "running it eagerly" in caplog.text and auto.encoder._compiled_call_impl is None
+    assert torch.equal(out, eager(images))
+    explicit = FrozenSamEncoder(arch="tiny", allow_random_weights=True, compile=True)
+    monkeypatch.setattr(explicit, "compile_options", lambda device: {"backend": _failing_backend})
+    with pytest.raises(Exception):  # an explicit compile request fails loudly
+        explicit(images)
+
+
 def test_sam_checkpoint_loads_strictly_into_the_fused_encoder(tmp_path):
     """An official-format checkpoint (segment-anything's key names) loads into the fused encoder unchanged."""
     torch.manual_seed(7)
