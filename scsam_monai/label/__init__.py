@@ -4,9 +4,11 @@ Modules (only :mod:`.uploads` and :mod:`.bundle` work without MONAI Label instal
 ``label`` extra, ``pip install -e .[label]``):
 
 - :mod:`.uploads`: checks of uploaded images and label maps, refused with HTTP 415/422;
-- :mod:`.bundle`: the bundle's configs and overrides from the app's ``--conf``, the image-in network, bundle runs;
-- :mod:`.infer`: the inference task (slice-wise ScSAM, label maps in the input's ITK geometry);
-- :mod:`.train`: the training task (the bundle's training on the datastore's labels);
+- :mod:`.bundle`: the bundle's configs, overlays and overrides from the app's ``--conf``;
+- :mod:`.infer`: the inference task, a MONAI Label ``BundleInferTask`` (checked inputs, slice-wise ScSAM in
+  batches, the served head, label maps in the input's ITK geometry);
+- :mod:`.train`: the training task, a MONAI Label ``BundleTrainTask`` (the bundle's training on the datastore's
+  labels, warm start from the served head, which the run's best head replaces);
 - :mod:`.datastore`: a local datastore that checks uploads;
 - :mod:`.app`: the MONAI Label app, imported by ``apps/scsam/main.py``.
 

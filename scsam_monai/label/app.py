@@ -1,5 +1,9 @@
 """The MONAI Label app: one segmentation model (the bundle's ScSAM), its training, a checking local datastore.
 
+Its tasks are MONAI Label's bundle tasks (``BundleInferTask``, ``BundleTrainTask``) with what ScSAM needs on
+top (:mod:`.infer`, :mod:`.train`); the app is what MONAI Label's ``monaibundle`` sample app is for a Model Zoo
+bundle, with one model, the served head in ``model_dir`` and a datastore that checks uploads.
+
 ``apps/scsam/main.py`` only imports :class:`ScSAMLabelApp`; ``monailabel start_server --app apps/scsam``
 finds it there. App settings (``--conf KEY VALUE``, all optional):
 
@@ -9,7 +13,8 @@ finds it there. App settings (``--conf KEY VALUE``, all optional):
 - ``model_dir``: where the trained head ``model.pt`` lives (default ``<app>/model``);
 - ``head_checkpoint``: a trained head copied to ``<model_dir>/model.pt`` when none is there yet;
 - ``max_epochs``, ``val_split``: training defaults (a request's values win);
-- ``skip_trainers``: ``true`` to serve inference only.
+- ``skip_trainers``: ``true`` to serve inference only;
+- ``preload``: ``true`` to load the network on every device at start-up (``BundleInferTask``'s setting).
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ class ScSAMLabelApp(MONAILabelApp):
         )
 
     def init_infers(self) -> dict[str, InferTask]:
-        return {self.model_name: ScSAMInferTask(self.bundle, self.model_path)}
+        return {self.model_name: ScSAMInferTask(self.bundle, self.model_path, self.conf)}
 
     def init_trainers(self) -> dict[str, TrainTask]:
         if str(self.conf.get("skip_trainers", "false")).lower() == "true":
@@ -91,6 +96,7 @@ class ScSAMLabelApp(MONAILabelApp):
             self.bundle,
             self.model_path,
             self.model_dir / "train",
+            self.conf,
             max_epochs=int(self.conf.get("max_epochs", 20)),
             val_split=float(self.conf.get("val_split", 0.2)),
         )

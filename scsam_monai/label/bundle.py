@@ -1,4 +1,4 @@
-"""The bundle as the MONAI Label app sees it: which configs, which overrides, the image-in network, training runs.
+"""The bundle as the MONAI Label app sees it: which configs and which overrides, read from the app's settings.
 
 MONAI Label passes an app its settings as strings (``monailabel start_server --conf KEY VALUE``).
 :class:`BundleSettings` reads the ones about the bundle:
@@ -9,28 +9,26 @@ MONAI Label passes an app its settings as strings (``monailabel start_server --c
 - ``overrides``: a JSON object of bundle ids to values, e.g. ``{"sam_checkpoint": "/models/sam_vit_b.pth"}``;
 - ``device``: ``cuda`` / ``cpu`` (default: CUDA when available).
 
-Nothing here imports MONAI Label, so the functions work (and are tested) without it.
+The app's tasks build on MONAI Label's ``BundleInferTask`` / ``BundleTrainTask``, which read a bundle's config
+from one file; :meth:`BundleSettings.parser` gives them the bundle's configs with the app's overlays and overrides
+instead. Nothing here imports MONAI Label, so it works (and is tested) without it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
-from torch import nn
 
-from ..bundle_cli import BUNDLE_DIR, bundle_command
-from ..networks.checkpoints import load_head_weights
+from ..bundle_cli import BUNDLE_DIR
 
-__all__ = ["BundleSettings", "default_bundle_dir", "build_network", "run_bundle", "warm_start", "write_overrides"]
+__all__ = ["BundleSettings", "default_bundle_dir", "write_overrides"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,64 +104,13 @@ class BundleSettings:
             parser[key] = value
         return parser
 
+    def metadata(self) -> dict[str, Any]:
+        """The bundle's ``metadata.json``."""
+        return json.loads((self.configs_dir / "metadata.json").read_text(encoding="utf-8"))
+
     def class_names(self) -> list[str]:
         """The bundle's class names, background first."""
         return list(self.parser("train.yaml").get_parsed_content("class_names"))
-
-
-def build_network(settings: BundleSettings) -> nn.Module:
-    """The image-in ``ScSAM`` of ``inference.yaml`` (frozen encoders + head, head weights NOT loaded), on device."""
-    parser = settings.parser("train.yaml", "inference.yaml")
-    network = parser.get_parsed_content("network_def")
-    return network.to(settings.torch_device()).eval()
-
-
-def run_bundle(
-    settings: BundleSettings,
-    run_id: str,
-    overrides_file: str | Path,
-    *,
-    cwd: str | Path,
-    log: Callable[[str], Any] | None = None,
-    timeout: float | None = None,
-) -> None:
-    """Run ``python -m monai.bundle run <run_id>`` on ``train.yaml`` + overlays + ``overrides_file``.
-
-    The run is a child process (as on the command line), so the MONAI Label server keeps none of its state and
-    memory; its output goes to ``log`` line by line (default: this module's logger).
-
-    Args:
-        settings: the bundle.
-        run_id: the bundle's workflow id (``training``, ``precompute``).
-        overrides_file: a JSON/YAML file laid over everything else (datalist, folders, epochs ...).
-        cwd: working folder of the run.
-        log: called with every output line.
-        timeout: seconds before the run is stopped (None: no limit).
-
-    Raises:
-        RuntimeError: the run failed; the message ends with its last output lines.
-    """
-    configs = [*settings.config_files("train.yaml"), str(overrides_file)]
-    cmd = bundle_command(run_id, configs, configs_dir=settings.configs_dir)
-    log = log or logger.info
-    log(f"Running: {' '.join(cmd)}")
-    tail: list[str] = []
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with subprocess.Popen(
-        cmd, cwd=str(cwd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-    ) as process:
-        assert process.stdout is not None
-        try:
-            for line in process.stdout:
-                line = line.rstrip()
-                log(line)
-                tail = [*tail[-29:], line]
-            process.wait(timeout=timeout)
-        except BaseException:
-            process.kill()
-            raise
-    if process.returncode != 0:
-        raise RuntimeError(f"bundle run {run_id} failed (exit code {process.returncode}):\n" + "\n".join(tail))
 
 
 def write_overrides(path: str | Path, values: Mapping[str, Any]) -> Path:
@@ -171,16 +118,3 @@ def write_overrides(path: str | Path, values: Mapping[str, Any]) -> Path:
     path = Path(path)
     path.write_text(json.dumps(dict(values), indent=2, default=str))
     return path
-
-
-def warm_start(head: nn.Module, path: str | Path) -> nn.Module:
-    """Load the current head weights from ``path`` into ``head`` to fine-tune it; start fresh if they do not fit.
-
-    Called from the train task's bundle overlay (``network: $scsam_monai.label.bundle.warm_start(...)``).
-    """
-    try:
-        load_head_weights(head, path)
-        logger.info(f"Fine-tuning the head from {path}")
-    except (FileNotFoundError, ValueError) as err:
-        logger.warning(f"Training the head from scratch: {err}")
-    return head

@@ -1,39 +1,51 @@
-"""MONAI Label inference task: the bundle's image-in ScSAM on one image or stack, slice by slice.
+"""MONAI Label inference task: MONAI Label's ``BundleInferTask`` on the bundle, segmenting slice by slice.
 
-The Model Zoo bundle also serves through MONAI Label's stock ``BundleInferTask`` (``inference.yaml`` stands alone;
-see ``docs/monai_label.md``). This task is our app's: it checks every upload with the package's readers (answers
-415/422 naming the problem instead of a 500), reads 2D/3D EM files of every format the bundle reads, and reloads
-the head whenever the app's training replaces it. It builds the network from the bundle's configs
-(:func:`~scsam_monai.label.bundle.build_network`), loads the head weights with
-:func:`~scsam_monai.networks.checkpoints.load_head_weights` (refusing a head trained with another
-``image_normalization``) and runs :func:`~scsam_monai.engines.volume_inference.segment_slices`, the code of the
-bundle's inference workflow.
+:class:`ScSAMInferTask` is a ``BundleInferTask`` (``monailabel.tasks.infer.bundle``), as the stock ``monaibundle``
+and ``vista2d`` sample apps serve their bundles: it reads the bundle's ``inference.yaml`` (laid over ``train.yaml``
+with the app's overlays and overrides), builds ``network_def`` (the image-in ScSAM whose state dict is the trained
+head's), and ``BasicInferTask`` runs the request (pre-transforms, inferer, post-transforms, writer), keeps one
+network per device and reloads the head whenever its file changes. What ScSAM needs on top of that:
 
-The label map comes back in the geometry (spacing, origin, direction) that ITK, 3D Slicer's reader, gives the
-input, so that it lies on the image in Slicer; NIfTI (``.nii.gz``) by default.
+- the head is the app's served one (``<model_dir>/model.pt``, replaced by training), not the bundle's
+  ``models/model.pt``; before any head exists, the task answers 409 instead of leaving the model out;
+- every input is checked with the package's readers first: 404 for an unknown image, 415/422 naming the problem
+  for a file the model cannot use (:mod:`.uploads`), instead of a 500 from deep inside a transform;
+- a head trained with another ``image_normalization`` than the configuration's (``model.pt`` records it) is
+  refused with 409 and a message naming both (the check itself is :mod:`scsam_monai.model_zoo`'s);
+- 2D images and 3D stacks are segmented slice by slice in batches, streamed from the file by
+  :func:`~scsam_monai.engines.volume_inference.segment_slices` (the bundle's own inference code): the bundle's
+  transform chain would load a whole stack as float32 and keep the logits of every slice (a 350-slice
+  1024 x 1024 stack: 1.5 GB of image and 4.4 GB of logits);
+- the label map comes back in the geometry (spacing, origin, direction) that ITK, 3D Slicer's reader, gives the
+  input, so that it lies on the image in Slicer; NIfTI (``.nii.gz``) by default.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from fastapi import HTTPException
-from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+from monai.bundle import ConfigParser
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
 
 from ..data.normalize import measure_volume_window
 from ..data.readers import open_volume
 from ..engines.volume_inference import segment_slices
-from ..networks.checkpoints import load_head_weights
-from .bundle import BundleSettings, build_network
+from .bundle import BundleSettings
 from .uploads import UploadRejected, check_image
 
-__all__ = ["ScSAMInferTask", "write_label"]
+__all__ = ["ScSAMInferTask", "ServedHeadConstants", "VolumeInfod", "http_error", "write_label"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,122 +93,225 @@ def http_error(err: UploadRejected) -> HTTPException:
     return HTTPException(status_code=err.status_code, detail=err.message)
 
 
-class ScSAMInferTask(InferTask):
-    """Segment an image or a stack with the bundle's ScSAM (frozen encoders + the trained head in ``model_dir``).
+class ServedHeadConstants(BundleConstants):
+    """``BundleInferTask``'s names in the bundle, with the app's served head as the model file.
 
     Args:
-        settings: the bundle and its overrides.
-        model_path: the trained head's weights (``model.pt``, written by the train task).
+        model_path: the served head (``<model_dir>/model.pt``).
+    """
+
+    def __init__(self, model_path: str | Path) -> None:
+        self.model_path = Path(model_path).resolve()
+
+    def model_pytorch(self) -> str:
+        # BundleInferTask looks for os.path.join(<bundle>, "models", <this>); os.path.join drops the parts before
+        # an absolute path, so this points it at the served head without copying anything into the bundle
+        return str(self.model_path)
+
+    def model_torchscript(self) -> str:
+        # ScSAM has no TorchScript model to fall back on: without the served head, there is no model
+        return str(self.model_path)
+
+
+class VolumeInfod:
+    """Pre-transform: the input's shape, voxel size and, for ``prepared`` normalisation, its intensity window.
+
+    Reads the file named by ``data["image_path"]`` with the package's readers, slice by slice, and adds
+    ``image_shape`` ``(Z, H, W)``, ``image_spacing`` (z, y, x, entries may be None) and ``image_window`` (the
+    volume's window, measured as ``scsam-prepare`` measures a cell's; None for ``per_image``).
+
+    Args:
+        image_normalization: what the served head was trained with.
+    """
+
+    def __init__(self, image_normalization: str) -> None:
+        self.image_normalization = image_normalization
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        with open_volume(d["image_path"]) as volume:
+            d["image_shape"] = tuple(int(s) for s in volume.shape)
+            d["image_spacing"] = volume.spacing
+            prepared = self.image_normalization == "prepared"
+            d["image_window"] = measure_volume_window(volume) if prepared else None
+        return d
+
+
+class ScSAMInferTask(BundleInferTask):
+    """Segment an image or a stack with the bundle's ScSAM and the app's served head (see the module docstring).
+
+    Args:
+        settings: the bundle, its overlays and overrides.
+        model_path: the served head's weights (``model.pt``, written by the train task); may not exist yet.
+        conf: the app's ``--conf`` settings (``preload``: ``true`` to load the network at start-up).
         description: shown by MONAI Label clients.
-        batch_size: slices per model call (None: 8 on a GPU, 1 on a CPU).
+        batch_size: slices per model call (None: 8 on a GPU, 1 on a CPU, see ``docs/performance.md``).
     """
 
     def __init__(
         self,
         settings: BundleSettings,
         model_path: str | Path,
+        conf: Mapping[str, str] | None = None,
         *,
         description: str = "ScSAM: nucleus, mitochondria and granules in EM slices",
         batch_size: int | None = None,
     ) -> None:
+        # BundleInferTask's __init__ calls _load_bundle_config (below), which needs the settings
         self.settings = settings
-        self.model_path = Path(model_path)
+        self.model_path = Path(model_path).resolve()
         self.batch_size = batch_size
         self.class_names = settings.class_names()
-        self.image_normalization = settings.parser("train.yaml").get_parsed_content("image_normalization")
-        labels = {name: value for value, name in enumerate(self.class_names) if value > 0}
-        super().__init__(
-            type=InferType.SEGMENTATION,
-            labels=labels,
-            dimension=2,
-            description=description,
-            config={"result_extension": RESULT_EXTENSIONS[0]},
-        )
-        self._network = None
-        self._loaded: tuple[int, int] | None = None
         self._lock = threading.Lock()
+        labels = {name: value for value, name in enumerate(self.class_names) if value > 0}
+        config = {"result_extension": RESULT_EXTENSIONS[0]}
+        super().__init__(
+            str(settings.bundle_dir),
+            dict(conf or {}),
+            const=ServedHeadConstants(self.model_path),
+            type=InferType.SEGMENTATION,
+            add_post_restore=False,
+            load_strict=True,
+            config=config,
+        )
+        if not self.valid:
+            # BundleInferTask leaves a bundle without weights out: it returns before BasicInferTask's __init__. The
+            # app's head comes later, from training (another process), so finish that __init__ here, without a
+            # network: _get_network builds it from the bundle config when a head exists.
+            BasicInferTask.__init__(
+                self,
+                path=str(self.model_path),
+                network=None,
+                type=InferType.SEGMENTATION,
+                labels=labels,
+                dimension=2,
+                description=description,
+                load_strict=True,
+                config=config,
+            )
+            self.valid = True
+            self.version = settings.metadata().get("version")
+            logger.info(f"No ScSAM head at {self.model_path} yet: /infer answers 409 until training writes one.")
+        # the label values of the label map (1..C); BundleInferTask takes them from metadata.json's channel_def,
+        # which numbers the network's output channels from 0 (channel 0 = nucleus = label value 1)
+        self.labels = labels
+        self.description = description
+        # one served head: BundleInferTask offers every *.pt of the bundle's models/ folder (encoders, training
+        # states) as a model_filename choice, and BasicInferTask would load the one a client names
+        self._config.pop("model_filename", None)
+        self.image_normalization = str(self.bundle_config.get_parsed_content("image_normalization"))
 
-    def is_valid(self) -> bool:
-        return True
+    def _load_bundle_config(self, path: str, config: str) -> ConfigParser:
+        """``train.yaml`` + ``inference.yaml`` + the app's overlays and overrides, ``bundle_root`` set.
 
-    def get_path(self, validate: bool = True) -> str | None:
-        return str(self.model_path) if (self.model_path.is_file() or not validate) else None
+        (``BundleInferTask`` reads ``inference.yaml`` alone; the app's ``configs`` and ``overrides`` settings,
+        e.g. ``demo.yaml`` or checkpoint paths, apply to inference too.)
+        """
+        return self.settings.parser("train.yaml", "inference.yaml")
 
-    def _model(self):
-        """The network, with the head weights of ``model_path`` reloaded whenever the file changed."""
+    def _require_head(self) -> None:
         if not self.model_path.is_file():
             raise HTTPException(
                 status_code=409,
                 detail=f"No trained ScSAM head at {self.model_path}: train one first (POST /train/<model>) or start "
                 "the server with --conf head_checkpoint PATH.",
             )
-        if self._network is None:
-            self._network = build_network(self.settings)
-        stat = self.model_path.stat()
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if stamp != self._loaded:
-            try:
-                load_head_weights(self._network.head, self.model_path)
-            except ValueError as err:
-                raise HTTPException(status_code=409, detail=str(err)) from err
-            self._loaded = stamp
-            logger.info(f"Loaded ScSAM head weights from {self.model_path}")
-        return self._network
 
-    def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    def _get_network(self, device: str, data: Any) -> torch.nn.Module:
+        """``BasicInferTask``'s network for ``device`` (head reloaded when its file changed); 409 when unusable.
+
+        A head that does not fit the configured network (another ``image_normalization``, another head
+        architecture, a corrupt file) is refused with 409 and the reason; the previous head stays cached, so the
+        next request tries the file again.
+        """
+        self._require_head()
+        if self.network is None:
+            # the server started without a head, so BundleInferTask built no network: build it now
+            self.network = self.bundle_config.get_parsed_content(self.const.key_network_def(), instantiate=True)
+        cached = self._networks.get(device)
+        try:
+            network = super()._get_network(device, data)
+        except torch.OutOfMemoryError:
+            raise
+        except (ValueError, RuntimeError, pickle.UnpicklingError, EOFError) as err:
+            raise HTTPException(
+                status_code=409, detail=f"The ScSAM head {self.model_path} cannot be served: {err}"
+            ) from err
+        if self._networks.get(device) is not cached:
+            logger.info(f"Loaded ScSAM head weights from {self.model_path} ({device})")
+        return network
+
+    def pre_transforms(self, data: Any = None) -> Sequence[Callable]:
+        """:class:`VolumeInfod` only: slices are read, normalised and batched while inferring (``run_inferer``).
+
+        (Replaces the bundle's ``preprocessing``, which loads the whole image with MONAI's readers.)
+        """
+        return [VolumeInfod(self.image_normalization)]
+
+    def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict[str, Any]:
+        """Segment the input slice by slice in batches into a uint8 label map ``(Z, H, W)`` at ``data["pred"]``.
+
+        The slices stream from the file through the network and the bundle's logit merging (threshold 0.5, as
+        ``postprocessing`` of ``inference.yaml``), so memory holds a few batches and the label map only.
+        """
+        network = self._get_network(device, data)
+        label = np.zeros(data["image_shape"], dtype=np.uint8)
+
+        def write(index: int, plane: np.ndarray) -> None:
+            label[index] = plane
+
+        with open_volume(data["image_path"]) as volume:
+            segment_slices(
+                network,
+                volume,
+                writer=write,
+                image_normalization=self.image_normalization,
+                window=data["image_window"],
+                batch_size=self.batch_size,
+                progress=False,
+            )
+        data[self.output_label_key] = label
+        return data
+
+    def post_transforms(self, data: Any = None) -> Sequence[Callable]:
+        """None: ``run_inferer`` already returns the label map (and ``Restored`` does not apply to it)."""
+        return []
+
+    def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[str, dict]:
+        """Write the label map with the input's ITK geometry (:func:`write_label`); its shape and classes found."""
+        label = data[self.output_label_key]
+        suffix = extension or data.get("result_extension") or RESULT_EXTENSIONS[0]
+        out = Path(tempfile.NamedTemporaryFile(suffix=suffix, delete=False).name)
+        write_label(label, data["image_path"], out, data.get("image_spacing"))
+        return str(out), {"shape": list(label.shape), "classes_found": [int(v) for v in np.unique(label)]}
+
+    def __call__(self, request: dict[str, Any], callbacks: Any = None) -> tuple[str | None, dict[str, Any]]:
+        """Check the request and its image (404, 415, 422, 409 with a message), then run ``BasicInferTask``'s."""
+        start = time.time()
         image = request.get("image")
         if not isinstance(image, (str, Path)) or not str(image):
             raise HTTPException(status_code=404, detail=f"Image {request.get('image')!r} not found in the datastore.")
         path = Path(image)
-        name = path.name
         if not path.exists():
-            raise HTTPException(status_code=404, detail=f"Image {name} not found.")
+            raise HTTPException(status_code=404, detail=f"Image {path.name} not found.")
         extension = request.get("result_extension") or RESULT_EXTENSIONS[0]
         if extension not in RESULT_EXTENSIONS:
             raise HTTPException(
                 status_code=422, detail=f"result_extension {extension!r}: choose one of {', '.join(RESULT_EXTENSIONS)}."
             )
-        start = time.time()
         try:
-            shape = check_image(path, name=name)
+            check_image(path, name=path.name)
         except UploadRejected as err:
             raise http_error(err) from err
         checked = time.time()
+        self._require_head()
+        request = {**request, "image": str(path), "result_extension": extension}
+        if self.settings.device:
+            request["device"] = self.settings.device  # the app's --conf device wins over a client's choice
         with self._lock:
-            network = self._model()
-            label = np.zeros(shape, dtype=np.uint8)
-
-            def write(index: int, plane: np.ndarray) -> None:
-                label[index] = plane
-
-            with open_volume(path) as volume:
-                spacing = volume.spacing
-                # prepared: the volume's own window, measured as scsam-prepare measures a cell's (2D: the image's)
-                window = measure_volume_window(volume) if self.image_normalization == "prepared" else None
-                segment_slices(
-                    network,
-                    (volume.read_slice(z) for z in range(volume.shape[0])),
-                    writer=write,
-                    image_normalization=self.image_normalization,
-                    window=window,
-                    batch_size=self.batch_size,
-                    progress=False,
-                    total=volume.shape[0],
-                )
-        inferred = time.time()
-        out = Path(tempfile.NamedTemporaryFile(suffix=extension, delete=False).name)
-        write_label(label, path, out, spacing)
-        done = time.time()
-        params = {
-            "label_names": {n: v for v, n in enumerate(self.class_names)},
-            "shape": list(shape),
-            "classes_found": [int(v) for v in np.unique(label)],
-            "latencies": {
-                "check": round(checked - start, 3),
-                "infer": round(inferred - checked, 3),
-                "write": round(done - inferred, 3),
-                "total": round(done - start, 3),
-            },
-        }
-        logger.info(f"Segmented {name} {shape} in {done - start:.2f} s -> {out}")
-        return str(out), params
+            result_file, params = super().__call__(request, callbacks)
+        # BasicInferTask reports the model's foreground labels; the answer also names the background value
+        params["label_names"] = {name: value for value, name in enumerate(self.class_names)}
+        params["latencies"]["check"] = round(checked - start, 3)
+        logger.info(f"Segmented {path.name} {tuple(params['shape'])} in {time.time() - start:.2f} s -> {result_file}")
+        return result_file, params

@@ -4,8 +4,8 @@ The app serves the tiny random-weight demo profile (``--conf configs demo.yaml``
 checkpoint, on a studies folder of synthetic EM slices with final labels for some of them. Checked: ``/infer``
 returns a label map of the image's shape and classes; bad uploads (corrupt, truncated or 4D TIFF, RGB PNG, NaN
 pixels, empty file, a text file; label maps with wrong values or shape) are answered 415/422 and leave the
-datastore and the server as they were; ``/train`` runs the bundle's training on the datastore's labels and
-replaces the served head.
+datastore and the server as they were; ``/train`` runs the bundle's training on the datastore's labels (MONAI
+Label's ``BundleTrainTask`` in its training process), warm-started from the served head, and replaces it.
 """
 
 from __future__ import annotations
@@ -245,7 +245,14 @@ def test_training_on_the_datastore_labels_replaces_the_served_head(server, tmp_p
     stats = json.loads((server.app / "model" / "train" / "last_run.json").read_text())
     assert stats["labelled_images"] == 4 and stats["epochs"] == 2
     assert requests.get(f"{server.url}/info/", timeout=30).json()["train_stats"][MODEL] == stats
-    # the next inference uses the new head
+    # it fine-tuned the served head: BundleTrainTask's checkpoint loader, pointed at the served head
+    served = (server.app / "model" / "model.pt").resolve()
+    overrides = json.loads((runs[-1] / "label_overrides.json").read_text())
+    assert overrides["train#handlers_every_rank"][0]["load_path"] == str(served)
+    log = server.tail(10**7)
+    assert f"Restored all variables from {served}" in log
+    # the next inference reloads the head the run wrote
+    loads = log.count("Loaded ScSAM head weights")
     label = _infer(server, "test_000", tmp_path)
     assert label.shape == (1, IMAGE_SIZE, IMAGE_SIZE)
-    assert "Loaded ScSAM head weights" in server.tail(200000)
+    assert server.tail(10**7).count("Loaded ScSAM head weights") == loads + 1
