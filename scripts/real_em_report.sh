@@ -5,8 +5,9 @@
 #   1. prepares the sample with scsam-prepare into OUT/data: classes mitochondria, synapses, membranes (label values
 #      1..3), sections 0-11 train, 12-14 validate, 16-19 test (15 is a gap: neighbouring sections look alike),
 #      downscaled 4x to 256 x 256, the canvas of the small profile;
-#   2. pre-trains the tiny MAE on the training + validation sections only (pretrain_sstem.yaml, --image_slices 0:15,
-#      never a test section) into OUT/mae (encoder: OUT/mae/mae_encoder.pt, loss curve: OUT/mae/mae_loss.png);
+#   2. pre-trains the tiny MAE on the prepared training + validation sections only (pretrain_real_em.yaml: the
+#      datalist's training and validation images as the experiments see them, never a test section) into OUT/mae
+#      (encoder: OUT/mae/mae_encoder.pt, loss curve: OUT/mae/mae_loss.png);
 #   3. runs scripts/run_experiments.py --profile small for the rows ScSAM, SAM*, MAE*, MAE* (random MAE), UNet and
 #      DynUNet once per seed, one process per row group into OUT/seed_<k>/<group> (results.csv/.md/.json,
 #      learning_curves.png, qualitative.png, runs/<method>/row.json and training_budget.json);
@@ -48,12 +49,19 @@ else
   log "1/4 $OUT/data/datalist.json exists: kept"
 fi
 
-if [ ! -f "$OUT/mae/checkpoints/mae_checkpoint_final.pt" ]; then
-  log "2/4 pre-training the tiny MAE on sections 0-14 (training + validation) into $OUT/mae"
+# only the rows ScSAM and MAE* embed with the pre-trained MAE: other row groups start without waiting for it
+needs_mae=false
+for row in ${ROW_GROUPS//,/ }; do
+  case "$row" in scsam|mae_only) needs_mae=true ;; esac
+done
+if [ "$needs_mae" = false ]; then
+  log "2/4 no row of ROW_GROUPS embeds with the pre-trained MAE: pre-training skipped"
+elif [ ! -f "$OUT/mae/checkpoints/mae_checkpoint_final.pt" ]; then
+  log "2/4 pre-training the tiny MAE on the prepared training + validation sections into $OUT/mae"
   python -m monai.bundle run pretraining --meta_file bundle/configs/metadata.json \
-    --config_file "['bundle/configs/pretrain_mae.yaml','bundle/configs/pretrain_sstem.yaml']" \
+    --config_file "['bundle/configs/pretrain_mae.yaml','bundle/configs/pretrain_real_em.yaml']" \
     --logging_file bundle/configs/logging.conf \
-    --image_dir "$DATA/raw" --image_slices 0:15 --output_dir "$OUT/mae" --seed 0
+    --dataset_dir "$OUT/data" --output_dir "$OUT/mae" --seed 0
 else
   log "2/4 $OUT/mae pre-training finished: kept"
 fi
@@ -71,9 +79,12 @@ for seed in "${SEED_LIST[@]}"; do
     fi
     log "3/4 seed $seed, rows $group into $run (log: $run.log)"
     mkdir -p "$OUT/seed_$seed"
+    mae=()  # the pre-trained MAE for groups with a row that embeds with it (the others never read the file)
+    for row in ${group//,/ }; do
+      case "$row" in scsam|mae_only) mae=(--override "mae_checkpoint=$OUT/mae/mae_encoder.pt") ;; esac
+    done
     python scripts/run_experiments.py --datalist "$OUT/data/datalist.json" --profile small --seed "$seed" \
-      --methods "$group" --out "$run" \
-      --override image_normalization=prepared --override "mae_checkpoint=$OUT/mae/mae_encoder.pt" > "$run.log" 2>&1 &
+      --methods "$group" --out "$run" --override image_normalization=prepared "${mae[@]}" > "$run.log" 2>&1 &
     pids+=("$!")
   done
   for pid in "${pids[@]}"; do

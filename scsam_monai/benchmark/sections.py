@@ -166,7 +166,7 @@ def per_image_inference(
             "attention": model.sam_encoder.attention,
             "precision": model.sam_encoder.precision,
             "compile": model.sam_encoder.compile_setting,
-            "compiled": model.sam_encoder.encoder._compiled_call_impl is not None,
+            "compiled": model.sam_encoder.compiled,
             "dtype": dtype_name(sam_dtype),
             "reference": "segment_anything ImageEncoderViT (its own Attention), float32, the same weights",
             "reference_amp_dtype": None if amp_dtype is None else dtype_name(amp_dtype),

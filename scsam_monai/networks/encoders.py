@@ -294,7 +294,7 @@ class FrozenSamEncoder(_FrozenEncoder):
             outer autocast); see :mod:`.precision`. Embeddings are returned in float32 whatever the precision.
         attention: ``"fused"`` (:class:`.sam_attention.FusedSamAttention`: ``scaled_dot_product_attention`` with
             the relative-position bias as its mask) or ``"reference"`` (segment-anything's own ``Attention``).
-        compile: ``torch.compile`` the ViT in place at the first call (state-dict keys unchanged): ``"auto"``
+        compile: ``torch.compile`` the ViT at the first call (state-dict keys unchanged): ``"auto"``
             (default: compile on a CPU unless the arch is "tiny", where compiling costs more than it saves),
             False, True (default mode) or a mode name (``"reduce-overhead"``: CUDA graphs; ``"max-autotune"``).
             On a CPU the default mode compiles with Inductor's ``freezing``: the frozen weights become constants
@@ -374,6 +374,20 @@ class FrozenSamEncoder(_FrozenEncoder):
         self._freeze()
         self.compile_setting: bool | str = compile
         self._compiled = False  # compiled at the first call, when the device is known
+        # the compiled ViT lives outside the module tree (object.__setattr__): state-dict keys, .to() and copies
+        # see only self.encoder; a copy (MONAI Label deep-copies networks) compiles again at its own first call
+        object.__setattr__(self, "_compiled_fn", None)
+
+    def __getstate__(self) -> dict:
+        """Pickle/deepcopy state without the compiled graph (it holds this instance's frozen weights)."""
+        state = self.__dict__.copy()
+        state["_compiled"], state["_compiled_fn"] = False, None
+        return state
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the ViT runs as a compiled graph (after the first call)."""
+        return self._compiled_fn is not None
 
     def compile_options(self, device: torch.device | str) -> dict | None:
         """Keyword arguments of ``torch.compile`` for the ViT on ``device``, or None when it runs eagerly.
@@ -436,21 +450,22 @@ class FrozenSamEncoder(_FrozenEncoder):
             options = self.compile_options(x.device)
             if options is not None:
                 try:
-                    self.encoder.compile(**options)
+                    object.__setattr__(self, "_compiled_fn", torch.compile(self.encoder, **options))
                     with precision_context(x.device, self.compute_dtype(x.device)):
-                        return self.encoder(x).float()
+                        return self._compiled_fn(x).float()
                 except Exception as e:  # noqa: BLE001 - "auto" must never stop a run that eager mode can do
+                    object.__setattr__(self, "_compiled_fn", None)  # back to eager, for this and every later call
                     if self.compile_setting != "auto":
                         raise
-                    self.encoder._compiled_call_impl = None  # back to eager, for this and every later call
                     logger.warning(
                         "torch.compile of the SAM encoder failed (%s: %s); running it eagerly. Set the SAM "
                         "encoder's compile to false to skip the attempt (e.g. on machines without a C++ compiler).",
                         type(e).__name__,
                         _short(e),
                     )
+        vit = self._compiled_fn if self._compiled_fn is not None else self.encoder
         with precision_context(x.device, self.compute_dtype(x.device)):
-            return self.encoder(x).float()
+            return vit(x).float()
 
 
 class FrozenMaeEncoder(_FrozenEncoder):

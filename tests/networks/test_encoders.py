@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import hashlib
 import importlib
 import logging
@@ -556,10 +558,12 @@ def test_sam_encoder_compiled_with_freezing_on_cpu_keeps_the_function_and_the_ke
     keys = list(compiled.state_dict())
     expected = reference(images)
     out = compiled(images)
-    assert compiled.encoder._compiled_call_impl is not None  # it really runs compiled
+    assert compiled.compiled  # it really runs compiled
     assert list(compiled.state_dict()) == keys == list(reference.state_dict())
     assert out.dtype == torch.float32 and 0 < float((out - expected).norm() / expected.norm()) < 0.02
     assert torch.equal(compiled(images), out)  # the frozen graph is reused, deterministically
+    copy_ = copy.deepcopy(compiled)  # as MONAI Label copies a network: the copy compiles at its own first call
+    assert not copy_.compiled and list(copy_.state_dict()) == keys
 
 
 def _failing_backend(graph, example_inputs):
@@ -574,7 +578,7 @@ def test_sam_compile_auto_falls_back_to_eager_when_compiling_fails(monkeypatch, 
     monkeypatch.setattr(auto, "compile_options", lambda device: {"backend": _failing_backend})
     with caplog.at_level("WARNING"):
         out = auto(images)
-    assert "running it eagerly" in caplog.text and auto.encoder._compiled_call_impl is None
+    assert "running it eagerly" in caplog.text and not auto.compiled
     assert torch.equal(out, eager(images))
     explicit = FrozenSamEncoder(arch="tiny", allow_random_weights=True, compile=True)
     monkeypatch.setattr(explicit, "compile_options", lambda device: {"backend": _failing_backend})
