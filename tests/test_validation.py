@@ -11,16 +11,21 @@ import numpy as np
 import pytest
 import tifffile
 import yaml
+from monai.bundle import ConfigParser
+from monai.data import load_decathlon_datalist
 
 from scsam_monai.validation import (
     HEAD_KEYS,
     ConfigValidationError,
+    DatalistSplit,
     bundle_command_line,
     check_checkpoint,
     check_config_keys,
     check_datalist,
     check_head,
     check_input,
+    check_items,
+    read_split,
     require_input,
     validate_run,
 )
@@ -224,6 +229,98 @@ def test_class_count_must_match_the_datalist(tmp_path):
     datalist = _datalist(tmp_path / "nolabels", label_max=5)
     (problem,) = check_datalist(datalist, ["training"], CLASSES)[0]
     assert "training_0.tif: holds label value 5, but class_names has 3 foreground classes" in problem
+
+
+def _items(datalist: Path, split: str) -> list[dict]:
+    """A split's items with absolute paths, as a datastore (MONAI Label's) hands them to a run."""
+    return [dict(item) for item in load_decathlon_datalist(str(datalist), True, split)]
+
+
+def test_items_set_by_an_override_are_checked_like_a_datalists(tmp_path):
+    datalist = _datalist(tmp_path, n_train=3, label_max=5)
+    training = _items(datalist, "training")
+    (tmp_path / "images" / "training_1.tif").unlink()
+    training.append({"image": str(tmp_path / "images" / "training_2.tif")})  # no label
+    problems, counts = check_items({"training": training, "validation": []}, CLASSES, source="the override")
+    assert counts == {"training": 4}
+    assert problems[0].startswith("the override: item 3 of 'training' needs image and label paths, got {")
+    assert problems[1] == "the override: the split 'validation' is empty; it needs at least one image."
+    assert problems[2] == (
+        "the override: 1 file(s) it names do not exist (paths are relative to the folder the run starts in):\n"
+        f"    {tmp_path / 'images' / 'training_1.tif'}"
+    )
+    assert "training_0.tif: holds label value 5, but class_names has 3 foreground classes" in problems[3]
+    assert len(problems) == 4
+    (problem,) = check_items({"validation": "images/"}, CLASSES)[0]
+    assert "the split 'validation' is not a list of items (str)" in problem
+    assert check_items({"validation": _items(datalist, "validation")}, None, labels=False) == ([], {"validation": 1})
+
+
+def test_read_split_reads_as_monai_and_leaves_an_unreadable_file_to_the_check(tmp_path):
+    datalist = _datalist(tmp_path)
+    items = read_split(datalist, "training")
+    assert isinstance(items, DatalistSplit) and (items.datalist, items.split) == (datalist, "training")
+    assert list(items) == load_decathlon_datalist(str(datalist), True, "training")
+    for missing in (read_split(tmp_path / "none.json", "training"), read_split(datalist, "test")):
+        assert isinstance(missing, DatalistSplit) and list(missing) == []
+
+
+def test_validate_run_checks_the_items_the_run_reads_from_a_file_or_an_override(tmp_path):
+    datalist = _datalist(tmp_path / "data")
+    absent = tmp_path / "elsewhere" / "datalist.json"
+    common = {"class_names": CLASSES, "head": VALID_HEAD, "sam_allow_random_weights": True, "argv": ["pytest"]}
+    # MONAI Label's items: no datalist file is needed, the items are checked
+    data = {"training": _items(datalist, "training"), "validation": _items(datalist, "validation")}
+    assert validate_run(**common, datalist=absent, data=data)["items"] == {"training": 2, "validation": 1}
+    with pytest.raises(ConfigValidationError) as err:
+        validate_run(**common, datalist=absent, data={**data, "validation": []})
+    override = "the items set by an override (train#dataset#data / validate#dataset#data)"
+    assert f"{override}: the split 'validation' is empty; it needs at least one image." in str(err.value)
+    # train.yaml's default items: the file they were read from is checked, with its messages
+    from_file = {"training": read_split(absent, "training"), "validation": read_split(absent, "validation")}
+    with pytest.raises(ConfigValidationError) as err:
+        validate_run(**common, datalist=absent, data=from_file)
+    assert str(err.value).startswith("the run cannot start, 1 problem(s) found:")
+    assert f"datalist not found: {absent}" in str(err.value)
+    (tmp_path / "data" / "labels" / "training_0.tif").unlink()
+    from_file = {"training": read_split(datalist, "training"), "validation": data["validation"]}
+    with pytest.raises(ConfigValidationError) as err:
+        validate_run(**common, datalist=absent, data=from_file)
+    missing = f"{datalist}: 1 file(s) it names do not exist (paths are relative to the datalist's folder)"
+    assert missing in str(err.value)
+    # a split the run does not read is not checked, and one that data leaves out comes from the datalist
+    checked = validate_run(**common, datalist=datalist, splits=["validation"], data={"training": []})
+    assert checked["items"] == {"validation": 1}
+
+
+def _exception_chain(err: BaseException) -> str:
+    messages = []
+    while err is not None:
+        messages.append(f"{type(err).__name__}: {err}")
+        err = err.__cause__ or err.__context__
+    return "\n".join(messages)
+
+
+def test_train_yaml_checks_the_items_an_override_sets_without_a_datalist_file(tmp_path):
+    """MONAI Label's BundleTrainTask sets train#dataset#data / validate#dataset#data; dataset_dir has no datalist."""
+    datalist = _datalist(tmp_path / "data")
+    parser = ConfigParser()
+    parser.read_config([CONFIGS / "train.yaml", CONFIGS / "demo.yaml"])
+    parser.update({"bundle_root": str(REPO / "bundle"), "dataset_dir": str(tmp_path / "no_datalist_here")})
+    with pytest.raises(Exception) as err:  # the default: the datalist file, which is missing
+        parser.get_parsed_content("startup_checks")
+    assert f"datalist not found: {tmp_path / 'no_datalist_here' / 'datalist.json'}" in _exception_chain(err.value)
+    parser = ConfigParser()
+    parser.read_config([CONFIGS / "train.yaml", CONFIGS / "demo.yaml"])
+    parser.update({"bundle_root": str(REPO / "bundle"), "dataset_dir": str(tmp_path / "no_datalist_here")})
+    parser.update({"train#dataset#data": _items(datalist, "training"), "validate#dataset#data": []})
+    with pytest.raises(Exception) as err:
+        parser.get_parsed_content("startup_checks")
+    chain = _exception_chain(err.value)
+    assert "the run cannot start, 1 problem(s) found" in chain and "the split 'validation' is empty" in chain
+    parser["validate#dataset#data"] = _items(datalist, "validation")
+    parser.parse()
+    assert parser.get_parsed_content("startup_checks")["items"] == {"training": 2, "validation": 1}
 
 
 def test_validate_run_lists_every_problem_at_once(tmp_path):

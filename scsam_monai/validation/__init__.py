@@ -12,8 +12,11 @@ after the embeddings of half the data set have been computed. :func:`validate_ru
 - :mod:`.checkpoints`: a missing SAM checkpoint is reported with the file, its expected SHA-256 and URL from
   ``large_files.yml`` and the download command; a listed checkpoint is verified against its SHA-256; a file
   listed for another SAM architecture than ``sam_arch`` is refused;
-- :mod:`.datalist`: the datalist exists, is valid JSON and has the checked splits, non-empty, with an ``image``
-  (and a ``label``) in every item; every file it names exists; its classes agree with ``class_names``.
+- :mod:`.datalist`: the items each split of the run reads, from the datalist file (it exists, is valid JSON and
+  has the checked splits) or from an override (``train#dataset#data`` / ``validate#dataset#data``, as MONAI
+  Label's ``BundleTrainTask`` sets them): every split non-empty, an ``image`` (and a ``label``) in every item,
+  every file there, classes that agree with ``class_names``. ``train.yaml`` reads its default items with
+  :func:`read_split`, so that the check knows where they came from.
 
 Every problem is collected and raised together as one :class:`ConfigValidationError`. Import the names below
 from this package.
@@ -23,9 +26,9 @@ from __future__ import annotations
 
 from .checkpoints import SAM_ARCHS, check_checkpoint, read_large_files
 from .config_keys import bundle_command_line, check_config_keys
-from .datalist import check_datalist
+from .datalist import DatalistSplit, check_datalist, check_items, read_split
 from .errors import ConfigValidationError, suggest
-from .run import check_input, require_input, validate_run
+from .run import check_data, check_input, require_input, validate_run
 from .settings import HEAD_KEYS, check_class_names, check_head
 
 __all__ = [
@@ -37,6 +40,10 @@ __all__ = [
     "check_class_names",
     "check_checkpoint",
     "check_datalist",
+    "check_items",
+    "check_data",
+    "read_split",
+    "DatalistSplit",
     "check_input",
     "require_input",
     "check_config_keys",

@@ -9,13 +9,16 @@ from typing import Any
 
 from .checkpoints import check_checkpoint
 from .config_keys import bundle_command_line, check_config_keys
-from .datalist import check_datalist
+from .datalist import DatalistSplit, check_datalist, check_items
 from .errors import ConfigValidationError
 from .settings import check_class_names, check_head
 
-__all__ = ["validate_run", "check_input", "require_input"]
+__all__ = ["validate_run", "check_data", "check_input", "require_input"]
 
 logger = logging.getLogger(__name__)
+
+OVERRIDE_SOURCE = "the items set by an override (train#dataset#data / validate#dataset#data)"
+"""What the messages call items that reach a run without a datalist file (MONAI Label's ``BundleTrainTask``)."""
 
 
 def validate_run(
@@ -24,6 +27,7 @@ def validate_run(
     head: Mapping[str, Any] | None = None,
     datalist: str | Path | None = None,
     splits: Sequence[str] = ("training", "validation"),
+    data: Mapping[str, Any] | None = None,
     labels: bool = True,
     sam_arch: str | None = None,
     sam_checkpoint: str | Path | None = None,
@@ -44,7 +48,10 @@ def validate_run(
         class_names: the run's classes, background first.
         head: the ``head`` section.
         datalist: the datalist JSON.
-        splits: the datalist splits the run reads (none for inference on a folder).
+        splits: the splits the run reads (none for inference on a folder).
+        data: split -> the items the run really reads for it, when the configuration knows them (``train.yaml``:
+            ``train#dataset#data``, ``validate#dataset#data``); see :func:`check_data`. Splits it leaves out are
+            read from ``datalist``.
         labels: whether the items need label maps (not for inference).
         sam_arch: the SAM architecture.
         sam_checkpoint: the SAM checkpoint (None: random weights, if allowed).
@@ -95,7 +102,7 @@ def validate_run(
     if head_checkpoint and not Path(head_checkpoint).is_file():
         problems.append(f"trained head checkpoint not found: {head_checkpoint} (train first, or set --ckpt_dir).")
     names = class_names if not check_class_names(class_names) else None
-    data_problems, counts = check_datalist(datalist, splits, names, labels=labels)
+    data_problems, counts = check_data(datalist, splits, data, names, labels=labels)
     problems += data_problems
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
@@ -107,6 +114,55 @@ def validate_run(
         "overlay and override keys checked" if keys_checked else "keys of the command line not checked",
     )
     return {"items": counts, "keys_checked": keys_checked}
+
+
+def check_data(
+    datalist: str | Path | None,
+    splits: Sequence[str],
+    data: Mapping[str, Any] | None = None,
+    class_names: Sequence[str] | None = None,
+    *,
+    labels: bool = True,
+) -> tuple[list[str], dict[str, int]]:
+    """Problems of the items each split of a run reads, wherever they come from, and their number per split.
+
+    A run reads a split's items either from its datalist file (``train.yaml``'s default: ``read_split`` of the
+    ``datalist``, a :class:`~scsam_monai.validation.datalist.DatalistSplit`) or as a list that an override set
+    (MONAI Label's ``BundleTrainTask`` passes its datastore's items as ``train#dataset#data`` and
+    ``validate#dataset#data``; the run then never opens the datalist file, which need not exist). Items from a
+    file are checked with the file (:func:`check_datalist`: its problems named with its path, its class list),
+    other lists item by item (:func:`check_items`), with the same rules and messages.
+
+    Args:
+        datalist: the datalist JSON, for the splits that ``data`` leaves out.
+        splits: the splits the run reads; items of other splits in ``data`` are not checked.
+        data: split -> the items the run reads for it.
+        class_names: the run's classes, background first (None: not compared).
+        labels: whether the items need label maps.
+    """
+    data = data or {}
+    from_files: dict[str, list[str]] = {}  # datalist file -> its splits the run reads
+    overridden: dict[str, Any] = {}
+    for split in (s for s in splits if s):
+        items = data.get(split)
+        if split not in data or items is None:
+            from_files.setdefault(str(datalist or ""), []).append(split)
+        elif isinstance(items, DatalistSplit):
+            from_files.setdefault(str(items.datalist), []).append(items.split)
+        else:
+            overridden[split] = items
+    problems: list[str] = []
+    counts: dict[str, int] = {}
+    for file, file_splits in from_files.items():
+        found, n = check_datalist(file or None, file_splits, class_names, labels=labels)
+        problems += found
+        counts.update(n)
+    if overridden:
+        found, n = check_items(overridden, class_names, labels=labels, source=OVERRIDE_SOURCE)
+        problems += found
+        counts.update(n)
+    ordered = {s: counts[s] for s in splits if s in counts}
+    return problems, {**ordered, **counts}
 
 
 def check_input(input_path: str | Path | None) -> list[str]:
