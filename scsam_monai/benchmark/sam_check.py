@@ -84,7 +84,9 @@ def run_sam_check(
     torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 for the equality check
     try:
         fast = FrozenSamEncoder(arch=arch, allow_random_weights=True, seed=seed, compile=False).to(dev)
-        fp32 = FrozenSamEncoder(arch=arch, allow_random_weights=True, seed=seed, precision="fp32", compile=False).to(dev)
+        fp32 = FrozenSamEncoder(arch=arch, allow_random_weights=True, seed=seed, precision="fp32", compile=False).to(
+            dev
+        )
         reference = reference_sam_encoder(fp32)
         size = fast.img_size
         images = torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(seed)).to(dev)

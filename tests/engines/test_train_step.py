@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from ignite.engine import Events
 from monai.engines import SupervisedTrainer
@@ -60,12 +61,15 @@ def test_one_step_updates_only_the_head_and_leaves_encoders_unchanged():
             assert torch.equal(after[k], head_before[k]), k  # SAM's prompt embeddings stay frozen
 
 
-def test_repeated_steps_reduce_the_loss():
+@pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16], ids=["fp32", "cpu_bf16_autocast"])
+def test_repeated_steps_reduce_the_loss(amp_dtype):
+    """Six steps lower the loss, in float32 and under the small profile's CPU bf16 autocast (no GradScaler step)."""
     sam_encoder = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
     mae_encoder = FrozenMaeEncoder(arch="tiny", allow_random_weights=True)
     torch.manual_seed(0)
     head = build_scsam_head(canvas_size=256)
     loss = ScSAMLoss()
+    step = ScSAMTrainStep(loss) if amp_dtype is None else ScSAMTrainStep(loss, amp_dtype=amp_dtype)
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=6,
@@ -73,37 +77,15 @@ def test_repeated_steps_reduce_the_loss():
         network=head,
         optimizer=torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=1e-3),
         loss_function=loss,
-        iteration_update=ScSAMTrainStep(loss),
+        iteration_update=step,
         decollate=False,
-    )
-    losses = []
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss_terms"]["loss"]))
-    trainer.run()
-    assert losses[-1] < losses[0] - 0.1, losses
-
-
-def test_cpu_bf16_autocast_steps_train_in_bf16_and_reduce_the_loss():
-    """The small profile's CPU speed path: the trainer's amp with a bf16 iteration (no GradScaler step)."""
-    sam_encoder = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
-    mae_encoder = FrozenMaeEncoder(arch="tiny", allow_random_weights=True)
-    torch.manual_seed(0)
-    head = build_scsam_head(canvas_size=256)
-    loss = ScSAMLoss()
-    trainer = SupervisedTrainer(
-        device=torch.device("cpu"),
-        max_epochs=6,
-        train_data_loader=_batch(sam_encoder, mae_encoder),
-        network=head,
-        optimizer=torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=1e-3),
-        loss_function=loss,
-        iteration_update=ScSAMTrainStep(loss, amp_dtype=torch.bfloat16),
-        decollate=False,
-        amp=True,
+        amp=amp_dtype is not None,
     )
     losses, dtypes = [], []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss_terms"]["loss"]))
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: dtypes.append(e.state.output["pred"].dtype))
     trainer.run()
-    assert torch.bfloat16 in dtypes  # the head really ran under bf16 autocast
-    assert all(p.dtype == torch.float32 for p in head.parameters())  # master weights stay float32
     assert losses[-1] < losses[0] - 0.1, losses
+    assert all(p.dtype == torch.float32 for p in head.parameters())  # master weights stay float32
+    if amp_dtype is not None:
+        assert amp_dtype in dtypes  # the head really ran under the autocast

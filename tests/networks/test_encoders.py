@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-
 import hashlib
 import importlib
 import logging
@@ -582,7 +581,7 @@ def test_sam_compile_auto_falls_back_to_eager_when_compiling_fails(monkeypatch, 
     assert torch.equal(out, eager(images))
     explicit = FrozenSamEncoder(arch="tiny", allow_random_weights=True, compile=True)
     monkeypatch.setattr(explicit, "compile_options", lambda device: {"backend": _failing_backend})
-    with pytest.raises(Exception):  # an explicit compile request fails loudly
+    with pytest.raises(Exception, match="cc is not found"):  # an explicit compile request fails loudly
         explicit(images)
 
 
