@@ -23,7 +23,6 @@ network per device and reloads the head whenever its file changes. What ScSAM ne
 from __future__ import annotations
 
 import logging
-import pickle
 import tempfile
 import threading
 import time
@@ -233,7 +232,9 @@ class ScSAMInferTask(BundleInferTask):
             network = super()._get_network(device, data)
         except torch.OutOfMemoryError:
             raise
-        except (ValueError, RuntimeError, pickle.UnpicklingError, EOFError) as err:
+        # a head file that cannot be served (another normalisation or architecture, truncated, or holding pickled
+        # objects that weights_only loading refuses: pickle.UnpicklingError) is the client's 409, not a server error
+        except Exception as err:  # noqa: BLE001
             raise HTTPException(
                 status_code=409, detail=f"The ScSAM head {self.model_path} cannot be served: {err}"
             ) from err
