@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +16,7 @@ import pytest
 import tifffile
 
 from scsam_monai.data.synthetic import write_synthetic_dataset
+from tests.helpers import free_port
 
 IMAGE_SIZE = 96
 
@@ -20,6 +27,74 @@ def synthetic(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("label_data")
     write_synthetic_dataset(root, num_train=3, num_val=1, num_test=1, size=IMAGE_SIZE, seed=5)
     return root
+
+
+class LabelServer:
+    """A ``monailabel start_server`` child process on 127.0.0.1 (its own process group), its URL and log.
+
+    Args:
+        app: the MONAI Label app folder.
+        studies: the studies folder.
+        conf: the ``--conf`` settings (``{"models": "x", "skip_trainers": "true"}``).
+        work: where the server runs and writes ``server.log``.
+        start_timeout: seconds :meth:`wait_until_up` waits for ``/info/``.
+    """
+
+    def __init__(self, app: Path, studies: Path, conf: Mapping[str, str], work: Path, start_timeout: float) -> None:
+        self.app = app
+        self.start_timeout = start_timeout
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.log = work / "server.log"
+        script = Path(sys.executable).parent / "monailabel"
+        launcher = [str(script)] if script.is_file() else [sys.executable, "-m", "monailabel.main"]
+        options = [arg for key, value in conf.items() for arg in ("--conf", key, value)]
+        cmd = [
+            *launcher, "start_server", "--app", str(app), "--studies", str(studies),
+            "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1], *options,
+        ]  # fmt: skip
+        env = {
+            **os.environ,
+            "MONAILABEL_PYEXE": sys.executable,
+            "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
+            "OMP_NUM_THREADS": "2",
+        }
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+
+    def wait_until_up(self) -> None:
+        """Return once ``/info/`` answers 200; fail with the log's tail if the server exits or times out."""
+        import requests
+
+        deadline = time.time() + self.start_timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the server exited ({self.process.returncode}):\n{self.tail()}")
+            try:
+                if requests.get(f"{self.url}/info/", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        raise AssertionError(f"the server did not answer within {self.start_timeout} s:\n{self.tail()}")
+
+    def tail(self, chars: int = 6000) -> str:
+        """The end of the server's log."""
+        return self.log.read_text(errors="replace")[-chars:] if self.log.is_file() else ""
+
+    def stop(self) -> None:
+        """Stop the server and its children (training processes): SIGTERM to the group, SIGKILL after 20 s."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=20)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.process.wait(timeout=20)
 
 
 def make_studies(synthetic: Path, studies: Path) -> Path:

@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,9 +21,8 @@ import pytest
 import tifffile
 
 from scsam_monai.data.readers import open_volume
-from tests.helpers import free_port
 
-from .conftest import IMAGE_SIZE, bad_files, make_studies
+from .conftest import IMAGE_SIZE, LabelServer, bad_files, make_studies
 
 pytest.importorskip("monailabel")
 requests = pytest.importorskip("requests")
@@ -47,68 +42,12 @@ def _untrained_head(path: Path) -> Path:
     return path
 
 
-class Server:
-    """A ``monailabel start_server`` child process and its base URL."""
-
-    def __init__(self, repo_root: Path, work: Path, studies: Path, head: Path) -> None:
-        self.app = work / "app"
-        shutil.copytree(
-            repo_root / "apps" / "scsam", self.app, ignore=shutil.ignore_patterns("model", "logs", "lib", "bin")
-        )
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = work / "server.log"
-        script = Path(sys.executable).parent / "monailabel"
-        launcher = [str(script)] if script.is_file() else [sys.executable, "-m", "monailabel.main"]
-        cmd = [
-            *launcher,
-            "start_server",
-            "--app", str(self.app),
-            "--studies", str(studies),
-            "--host", "127.0.0.1",
-            "--port", str(self.port),
-            "--conf", "configs", "demo.yaml",
-            "--conf", "head_checkpoint", str(head),
-            "--conf", "device", "cpu",
-        ]  # fmt: skip
-        env = {
-            **os.environ,
-            "MONAILABEL_PYEXE": sys.executable,
-            "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
-            "OMP_NUM_THREADS": "2",
-        }
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-
-    def wait_until_up(self) -> None:
-        deadline = time.time() + START_TIMEOUT
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"the server exited ({self.process.returncode}):\n{self.tail()}")
-            try:
-                if requests.get(f"{self.url}/info/", timeout=5).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(1)
-        raise AssertionError(f"the server did not answer within {START_TIMEOUT} s:\n{self.tail()}")
-
-    def tail(self, chars: int = 6000) -> str:
-        return self.log.read_text(errors="replace")[-chars:] if self.log.is_file() else ""
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)  # the server and its training children
-                self.process.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.process.wait(timeout=20)
+def _server(repo_root: Path, work: Path, studies: Path, head: Path) -> LabelServer:
+    """Our app (a copy of apps/scsam) with the demo profile, serving ``head`` on the CPU."""
+    app = work / "app"
+    shutil.copytree(repo_root / "apps" / "scsam", app, ignore=shutil.ignore_patterns("model", "logs", "lib", "bin"))
+    conf = {"configs": "demo.yaml", "head_checkpoint": str(head), "device": "cpu"}
+    return LabelServer(app, studies, conf, work, START_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +55,7 @@ def server(tmp_path_factory, repo_root, synthetic):
     work = tmp_path_factory.mktemp("monailabel")
     studies = make_studies(synthetic, work / "studies")
     head = _untrained_head(work / "untrained_head.pt")
-    srv = Server(repo_root, work, studies, head)
+    srv = _server(repo_root, work, studies, head)
     try:
         srv.wait_until_up()
         yield srv
@@ -124,7 +63,7 @@ def server(tmp_path_factory, repo_root, synthetic):
         srv.stop()
 
 
-def _infer(server: Server, image_id: str, tmp_path: Path) -> np.ndarray:
+def _infer(server: LabelServer, image_id: str, tmp_path: Path) -> np.ndarray:
     answer = requests.post(f"{server.url}/infer/{MODEL}", params={"image": image_id, "output": "image"}, timeout=300)
     assert answer.status_code == 200, (answer.text, server.tail())
     path = tmp_path / f"{image_id}_seg.nii.gz"
@@ -133,13 +72,13 @@ def _infer(server: Server, image_id: str, tmp_path: Path) -> np.ndarray:
         return volume.read()
 
 
-def _datastore_ids(server: Server) -> set[str]:
+def _datastore_ids(server: LabelServer) -> set[str]:
     answer = requests.get(f"{server.url}/datastore/", params={"output": "all"}, timeout=30)
     assert answer.status_code == 200, answer.text
     return set(answer.json()["objects"])
 
 
-def _head_stamp(server: Server) -> tuple[int, str]:
+def _head_stamp(server: LabelServer) -> tuple[int, str]:
     path = server.app / "model" / "model.pt"
     return path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -10,21 +10,16 @@ An uploaded 2D slice comes back from ``/infer`` as a label map of its shape with
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from scsam_monai.data.readers import open_volume
-from tests.helpers import free_port
 
-from .conftest import IMAGE_SIZE
+from .conftest import IMAGE_SIZE, LabelServer
 
 monailabel = pytest.importorskip("monailabel")
 requests = pytest.importorskip("requests")
@@ -64,49 +59,14 @@ def stock_server(tmp_path_factory, repo_root):
     app = _stock_app(work)
     bundle = _bundle(repo_root, app / "model")
     (work / "studies").mkdir()
-    port = free_port()
-    script = Path(sys.executable).parent / "monailabel"
-    launcher = [str(script)] if script.is_file() else [sys.executable, "-m", "monailabel.main"]
-    cmd = [
-        *launcher, "start_server", "--app", str(app), "--studies", str(work / "studies"),
-        "--host", "127.0.0.1", "--port", str(port),
-        "--conf", "models", bundle.name, "--conf", "sam2", "false", "--conf", "skip_trainers", "true",
-        "--conf", "zoo_source", "github",  # a local bundle: no look-up in the online Model Zoo
-    ]  # fmt: skip
-    env = {
-        **os.environ,
-        "MONAILABEL_PYEXE": sys.executable,
-        "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
-        "OMP_NUM_THREADS": "2",
-    }
-    log = work / "server.log"
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(
-            cmd, cwd=work, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
+    conf = {"models": bundle.name, "sam2": "false", "skip_trainers": "true"}
+    conf["zoo_source"] = "github"  # a local bundle: no look-up in the online Model Zoo
+    server = LabelServer(app, work / "studies", conf, work, START_TIMEOUT)
     try:
-        deadline = time.time() + START_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"the server exited ({process.returncode}):\n{log.read_text()[-6000:]}")
-            try:
-                if requests.get(f"{url}/info/", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.time() > deadline:
-                raise AssertionError(f"no answer within {START_TIMEOUT} s:\n{log.read_text()[-6000:]}")
-            time.sleep(1)
-        yield url, bundle.name, log
+        server.wait_until_up()
+        yield server.url, bundle.name, server.log
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=20)
+        server.stop()
 
 
 def test_stock_app_lists_the_bundle_with_its_classes(stock_server):
