@@ -49,12 +49,15 @@ else
   log "1/4 $OUT/data/datalist.json exists: kept"
 fi
 
-# only the rows ScSAM and MAE* embed with the pre-trained MAE: other row groups start without waiting for it
-needs_mae=false
-for row in ${ROW_GROUPS//,/ }; do
-  case "$row" in scsam|mae_only) needs_mae=true ;; esac
-done
-if [ "$needs_mae" = false ]; then
+# only the rows ScSAM and MAE* embed with the pre-trained MAE: other row groups neither wait for it nor read it
+embeds_with_mae() {  # ROWS (comma- or space-separated): whether one of them is ScSAM or MAE*
+  local row
+  for row in ${1//,/ }; do
+    case "$row" in scsam|mae_only) return 0 ;; esac
+  done
+  return 1
+}
+if ! embeds_with_mae "$ROW_GROUPS"; then
   log "2/4 no row of ROW_GROUPS embeds with the pre-trained MAE: pre-training skipped"
 elif [ ! -f "$OUT/mae/checkpoints/mae_checkpoint_final.pt" ]; then
   log "2/4 pre-training the tiny MAE on the prepared training + validation sections into $OUT/mae"
@@ -79,10 +82,8 @@ for seed in "${SEED_LIST[@]}"; do
     fi
     log "3/4 seed $seed, rows $group into $run (log: $run.log)"
     mkdir -p "$OUT/seed_$seed"
-    mae=()  # the pre-trained MAE for groups with a row that embeds with it (the others never read the file)
-    for row in ${group//,/ }; do
-      case "$row" in scsam|mae_only) mae=(--override "mae_checkpoint=$OUT/mae/mae_encoder.pt") ;; esac
-    done
+    mae=()
+    if embeds_with_mae "$group"; then mae=(--override "mae_checkpoint=$OUT/mae/mae_encoder.pt"); fi
     python scripts/run_experiments.py --datalist "$OUT/data/datalist.json" --profile small --seed "$seed" \
       --methods "$group" --out "$run" --override image_normalization=prepared "${mae[@]}" > "$run.log" 2>&1 &
     pids+=("$!")
