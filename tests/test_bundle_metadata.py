@@ -296,3 +296,16 @@ def test_every_job_has_one_definition_and_run_refers_to_it():
     assert "input_dir" not in text
     # sam_stream and mae_stream, referred to everywhere else; inference.yaml, which stands alone, repeats them
     assert text.count("if @head#streams != ") == 4
+
+
+@pytest.mark.parametrize("config", ["train.yaml", "inference.yaml", "pretrain_mae.yaml"])
+@pytest.mark.parametrize(
+    "device, expected",
+    [("cpu", False), ("$torch.device('cpu')", False), ("cuda:0", True), ("$torch.device('cuda', 1)", True)],
+)
+def test_amp_follows_the_configured_device_not_the_machine(config, device, expected):
+    """``--device cpu`` on a GPU machine must not switch on autocast (and fp16 loss scaling) for CPU tensors."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / config))
+    parser["device"] = device
+    assert parser.get_parsed_content("amp") is expected
