@@ -147,8 +147,13 @@ def test_reference_sam_encoder_is_segment_anythings_in_fp32_with_the_same_weight
 
 def test_cli_overrides_change_the_profile_only_where_given():
     args = build_parser().parse_args(["--profile", "full", "--out", "x", "--train-batch", "8", "--memory-slices", "2"])
-    profile = get_profile(args.profile).with_overrides(train_batch=args.train_batch, memory_slices=args.memory_slices)
-    assert profile.train_batch == 8 and profile.memory_slices == 2 and profile.sam_arch == "vit_b"
+    profile = get_profile(args.profile).with_overrides(
+        train_batch=args.train_batch, memory_slices=args.memory_slices, memory_slices_cpu=args.memory_slices
+    )
+    assert profile.train_batch == 8 and profile.memory_slices == profile.memory_slices_cpu == 2
+    assert profile.sam_arch == "vit_b"
+    full = get_profile("full")  # the volume pipeline: 100 / 1000 ViT-B slices on a GPU, 1 / 10 on a CPU
+    assert (full.memory_slices, full.memory_slices_cpu) == (100, 1)
     with pytest.raises(ValueError, match="profile"):
         get_profile("huge")
 

@@ -50,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--infer-batch", type=int, help="images per inference call (CPU and GPU)")
     g.add_argument("--train-batch", type=int)
     g.add_argument("--train-repeats", type=int)
-    g.add_argument("--memory-slices", type=int, help="N: memory after N and 10 N slices")
+    g.add_argument(
+        "--memory-slices",
+        type=int,
+        help="N: memory and the volume pipeline on N and 10 N slices (default: the profile's, per device)",
+    )
     g.add_argument("--cache-images", type=int)
     g.add_argument("--cache-workers", type=int, help="DataLoader workers reading the embedding cache")
     p.add_argument("--memory-timeout", type=float, help="seconds before the memory child process is stopped")
@@ -69,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         train_batch=args.train_batch,
         train_repeats=args.train_repeats,
         memory_slices=args.memory_slices,
+        memory_slices_cpu=args.memory_slices,
         cache_images=args.cache_images,
         cache_workers=args.cache_workers,
     )

@@ -26,7 +26,9 @@ class BenchmarkProfile:
         naive_per_prompt: also time the loop of one decoder call per (image, class) prompt.
         cache_images: images written to (and read back from) the temporary embedding cache.
         cache_workers: DataLoader worker processes reading the cache.
-        memory_slices: N: peak memory is measured after N and after 10 N slices of streaming inference.
+        memory_slices: N on a GPU: peak memory and the whole-volume pipeline are measured on stacks of N and 10 N
+            slices of streaming inference.
+        memory_slices_cpu: N on a CPU (issue 17: 1 and 10 slices; 100 and 1000 ViT-B slices take hours there).
         matmul_size: side of the square matrices of the matmul throughput test on CPU.
         matmul_size_cuda: the same on a GPU.
     """
@@ -46,6 +48,7 @@ class BenchmarkProfile:
     cache_images: int
     cache_workers: int
     memory_slices: int
+    memory_slices_cpu: int
     matmul_size: int
     matmul_size_cuda: int
 
@@ -61,8 +64,9 @@ class BenchmarkProfile:
 #: "tiny": the tiny encoders (random weights) and the real-size head (64x64 grid), few repeats and slices; a smoke
 #: run of every section in about a minute on 2 CPU cores (the test runs it). Its encoder-relative ratios say
 #: nothing about the real model: the tiny encoders cost about 3% of the real ones, the head is the real head.
-#: "full": SAM vit_b and the paper's MAE (512 wide) on a 1024 canvas, batch 32 for training, memory at 100 and 1000
-#: slices. Hours on a CPU (see docs/performance.md); minutes on a GPU.
+#: "full": SAM vit_b and the paper's MAE (512 wide) on a 1024 canvas, batch 32 for training, memory and the volume
+#: pipeline at 100 and 1000 slices on a GPU, 1 and 10 on a CPU. Minutes on a GPU; on 2 CPU cores the inference
+#: section takes minutes, training hours (see docs/performance.md).
 PROFILES: dict[str, BenchmarkProfile] = {
     "tiny": BenchmarkProfile(
         name="tiny",
@@ -80,6 +84,7 @@ PROFILES: dict[str, BenchmarkProfile] = {
         cache_images=8,
         cache_workers=0,
         memory_slices=1,
+        memory_slices_cpu=1,
         matmul_size=1024,
         matmul_size_cuda=4096,
     ),
@@ -99,6 +104,7 @@ PROFILES: dict[str, BenchmarkProfile] = {
         cache_images=64,
         cache_workers=2,
         memory_slices=100,
+        memory_slices_cpu=1,
         matmul_size=2048,
         matmul_size_cuda=8192,
     ),

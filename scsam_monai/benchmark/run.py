@@ -203,7 +203,7 @@ def _run(
     streaming = {
         "sam_arch": profile.sam_arch,
         "mae_arch": profile.mae_arch,
-        "slices": profile.memory_slices,
+        "slices": profile.memory_slices if device.type == "cuda" else profile.memory_slices_cpu,
         "batch_size": batch,
         "image_size": profile.image_size,
         "device": device,

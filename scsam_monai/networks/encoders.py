@@ -299,9 +299,10 @@ class FrozenSamEncoder(_FrozenEncoder):
             False, True (default mode) or a mode name (``"reduce-overhead"``: CUDA graphs; ``"max-autotune"``).
             On a CPU the default mode compiles with Inductor's ``freezing``: the frozen weights become constants
             that oneDNN prepacks once (in bf16 under bf16 autocast) and the elementwise work between the matmuls
-            (bias build, residual adds, GELU, LayerNorm, window partitions) is fused; about 1.25x over eager
-            bf16 for ViT-B on the build machine, after a one-time compile of about a minute on 2 cores (see
-            docs/performance.md). Weights are read at that first call: load checkpoints before it.
+            (bias build, residual adds, GELU, LayerNorm, window partitions) is fused, and the global blocks'
+            attention runs chunked (:func:`.sam_attention.chunked_rel_pos_attention`): 3.1x segment-anything's
+            float32 encoder for ViT-B on the build machine, after a one-time compile of about 1.5 minutes on
+            one core (see docs/performance.md). Weights are read at that first call: load checkpoints before it.
 
     Attributes:
         img_size: side of the square canvas (1024, 256 for "tiny").

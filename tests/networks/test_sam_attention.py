@@ -10,9 +10,12 @@ import torch.nn as nn
 from segment_anything.modeling import ImageEncoderViT
 from segment_anything.modeling.image_encoder import Attention, add_decomposed_rel_pos
 
+from scsam_monai.networks import sam_attention
 from scsam_monai.networks.sam_attention import (
     FusedSamAttention,
+    chunked_rel_pos_attention,
     decomposed_rel_pos_bias,
+    decomposed_rel_pos_terms,
     reference_copy,
     sam_attention_kind,
     set_sam_attention,
@@ -75,6 +78,64 @@ def test_fused_block_attention_equals_reference_in_fp32(block):
     fused = FusedSamAttention(attn)
     with torch.no_grad():
         assert _rel_l2(fused(x), attn(x)) < 1e-5
+
+
+def _qkv(attn: Attention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v (B, heads, H * W, C) as segment-anything's Attention splits them (strided views, as in the model)."""
+    b, h, w, _ = x.shape
+    return attn.qkv(x).reshape(b, h * w, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+@pytest.mark.parametrize("rows", [100, 256, 1000], ids=["uneven_chunks", "one_chunk", "more_rows_than_queries"])
+def test_chunked_attention_equals_reference_in_fp32(rows):
+    attn = _encoder().blocks[1].attn  # the global block
+    x = torch.randn(3, GRID, GRID, 48)  # batch 3: 100 rows -> chunks of 33 queries, the last one short
+    q, k, v = _qkv(attn, x)
+    with torch.no_grad():
+        rel_h, rel_w = decomposed_rel_pos_terms(q, attn.rel_pos_h, attn.rel_pos_w, (GRID, GRID), (GRID, GRID))
+        out = chunked_rel_pos_attention(q, k, v, rel_h, rel_w, attn.scale, rows=rows)
+        out = attn.proj(out.transpose(1, 2).reshape(3, GRID, GRID, -1))
+        assert _rel_l2(out, attn(x)) < 1e-5
+
+
+def test_chunked_attention_in_bf16_keeps_the_softmax_in_float32():
+    attn = _encoder().blocks[1].attn
+    x = torch.randn(2, GRID, GRID, 48)
+    with torch.no_grad():
+        expected = attn(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            q, k, v = _qkv(attn, x)
+            rel_h, rel_w = decomposed_rel_pos_terms(q, attn.rel_pos_h, attn.rel_pos_w, (GRID, GRID), (GRID, GRID))
+            out = chunked_rel_pos_attention(q, k, v, rel_h, rel_w, attn.scale, rows=64)
+            assert out.dtype == torch.bfloat16
+            out = attn.proj(out.transpose(1, 2).reshape(2, GRID, GRID, -1))
+    assert 0 < _rel_l2(out, expected) < 0.02
+
+
+def test_fused_attention_chunks_only_when_compiling_on_cpu_a_large_grid(monkeypatch):
+    """The chunked path pays under Inductor on CPUs only: eager calls and small grids keep SDPA."""
+    calls = []
+    chunked = sam_attention.chunked_rel_pos_attention
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].shape)
+        return chunked(*args, **kwargs)
+
+    monkeypatch.setattr(sam_attention, "chunked_rel_pos_attention", spy)
+    attn = _encoder().blocks[1].attn
+    fused = FusedSamAttention(attn)
+    x = torch.randn(1, GRID, GRID, 48)
+    with torch.no_grad():
+        expected = attn(x)
+        assert _rel_l2(fused(x), expected) < 1e-5 and not calls  # eager: SDPA
+        monkeypatch.setattr(sam_attention, "CHUNKED_ATTENTION_MIN_TOKENS", GRID * GRID + 1)
+        torch._dynamo.reset()
+        assert _rel_l2(torch.compile(fused, backend="eager")(x), expected) < 1e-5 and not calls  # grid too small
+        monkeypatch.setattr(sam_attention, "CHUNKED_ATTENTION_MIN_TOKENS", GRID * GRID)
+        torch._dynamo.reset()
+        assert _rel_l2(torch.compile(fused, backend="eager")(x), expected) < 1e-5
+    torch._dynamo.reset()
+    assert calls and calls[0][2] == GRID * GRID  # traced through the chunked path
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["rel_pos", "no_rel_pos"])
