@@ -41,12 +41,12 @@ mkdir -p "$OUT"
 log() { echo "[real_em_report $(date +%H:%M:%S)] $*"; }
 
 if [ ! -f "$OUT/data/datalist.json" ]; then
-  log "1/4 preparing $DATA into $OUT/data"
+  log "1/5 preparing $DATA into $OUT/data"
   python scripts/prepare_data.py --image "$DATA/raw" \
     --mask "mitochondria=$DATA/mitochondria" --mask "synapses=$DATA/synapses" --mask "membranes=$DATA/membranes" \
     --train-slices 0:12 --val-slices 12:15 --test-slices 16:20 --downscale 4 --out "$OUT/data" --quiet
 else
-  log "1/4 $OUT/data/datalist.json exists: kept"
+  log "1/5 $OUT/data/datalist.json exists: kept"
 fi
 
 # only the rows ScSAM and MAE* embed with the pre-trained MAE: other row groups neither wait for it nor read it
@@ -58,15 +58,15 @@ embeds_with_mae() {  # ROWS (comma- or space-separated): whether one of them is 
   return 1
 }
 if ! embeds_with_mae "$ROW_GROUPS"; then
-  log "2/4 no row of ROW_GROUPS embeds with the pre-trained MAE: pre-training skipped"
+  log "2/5 no row of ROW_GROUPS embeds with the pre-trained MAE: pre-training skipped"
 elif [ ! -f "$OUT/mae/checkpoints/mae_checkpoint_final.pt" ]; then
-  log "2/4 pre-training the tiny MAE on the prepared training + validation sections into $OUT/mae"
+  log "2/5 pre-training the tiny MAE on the prepared training + validation sections into $OUT/mae"
   python -m monai.bundle run pretraining --meta_file bundle/configs/metadata.json \
     --config_file "['bundle/configs/pretrain_mae.yaml','bundle/configs/pretrain_real_em.yaml']" \
     --logging_file bundle/configs/logging.conf \
     --dataset_dir "$OUT/data" --output_dir "$OUT/mae" --seed 0
 else
-  log "2/4 $OUT/mae pre-training finished: kept"
+  log "2/5 $OUT/mae pre-training finished: kept"
 fi
 
 IFS=',' read -r -a SEED_LIST <<< "$SEEDS"
@@ -77,10 +77,10 @@ for seed in "${SEED_LIST[@]}"; do
   for group in $ROW_GROUPS; do
     run="$OUT/seed_$seed/${group//,/+}"
     if [ -f "$run/results.csv" ]; then
-      log "3/4 seed $seed, rows $group: $run/results.csv exists: kept"
+      log "3/5 seed $seed, rows $group: $run/results.csv exists: kept"
       continue
     fi
-    log "3/4 seed $seed, rows $group into $run (log: $run.log)"
+    log "3/5 seed $seed, rows $group into $run (log: $run.log)"
     mkdir -p "$OUT/seed_$seed"
     mae=()
     if embeds_with_mae "$group"; then mae=(--override "mae_checkpoint=$OUT/mae/mae_encoder.pt"); fi
@@ -93,5 +93,13 @@ for seed in "${SEED_LIST[@]}"; do
   done
 done
 
-log "4/4 aggregating the seeds into $OUT/summary.{csv,json,md}"
+log "4/5 aggregating the seeds into $OUT/summary.{csv,json,md}"
 python -m scsam_monai.experiments.seeds "$OUT" "${SEED_LIST[@]}" --title "Real EM (ssTEM sample), small profile"
+
+if [ -f "$OUT/mae/mae_encoder.pt" ]; then
+  log "5/5 linear probes of the frozen features into $OUT/feature_probe"
+  python -m scsam_monai.experiments.feature_probe --datalist "$OUT/data/datalist.json" \
+    --mae-checkpoint "$OUT/mae/mae_encoder.pt" --out "$OUT/feature_probe"
+else
+  log "5/5 no pre-trained MAE in $OUT/mae: linear probes skipped"
+fi
