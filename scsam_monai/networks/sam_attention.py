@@ -82,14 +82,7 @@ def decomposed_rel_pos_bias(
     """SAM's decomposed relative-position bias as an additive attention mask, in ``q``'s dtype.
 
     Equal to what segment-anything's ``add_decomposed_rel_pos`` adds to the scores: ``rel_h[..., :, None] +
-    rel_w[..., None, :]`` with the factors of :func:`decomposed_rel_pos_terms`.
-
-    Args:
-        q: unscaled queries (B, heads, q_h * q_w, C).
-        rel_pos_h: relative-position table of the height axis (L_h, C).
-        rel_pos_w: relative-position table of the width axis (L_w, C).
-        q_size: query grid (q_h, q_w).
-        k_size: key grid (k_h, k_w).
+    rel_w[..., None, :]`` with the factors of :func:`decomposed_rel_pos_terms` (same arguments).
 
     Returns:
         Bias (B, heads, q_h * q_w, k_h * k_w).
