@@ -16,10 +16,18 @@ __all__ = ["build_parser", "main"]
 DEFAULT_DATALIST = "data/synthetic/datalist.json"
 
 
+#: YAML's words for booleans and null (the configs' spelling) and Python's: ``amp=false`` must switch amp off. A string
+#: "false" would reach the trainer as a true value.
+_WORDS = {"true": True, "false": False, "null": None, "none": None, "~": None}
+
+
 def _override(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--override``: the value as a Python literal, a YAML boolean or null word, else a string."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--override takes KEY=VALUE, got {text!r}.")
     key, value = text.split("=", 1)
+    if value.strip().lower() in _WORDS:
+        return key, _WORDS[value.strip().lower()]
     try:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):

@@ -133,7 +133,7 @@ def chunked_rel_pos_attention(
     Returns:
         (B, heads, L, C) in ``v``'s dtype.
     """
-    b, heads, length, c = q.shape
+    b, heads, length, _ = q.shape
     k_h, k_w = rel_h.shape[-1], rel_w.shape[-1]
     step = max(1, rows // b)
     # one contiguous copy of each operand: strided views (q, k, v are slices of the qkv projection) would be
