@@ -390,3 +390,29 @@ def test_bundle_run_passes_the_check_on_valid_settings(tmp_path):
     assert result.returncode == 0, output[-3000:]
     assert "Run checked: training 2 items, validation 1 items" in output and "RUN CHECKED" in output
     assert "overlay and override keys checked" in output
+
+
+def test_flags_must_be_booleans_and_the_command_line_word_gets_its_fix():
+    from scsam_monai.validation import check_flags
+
+    assert check_flags({"amp": True, "other": False}) == []
+    (problem,) = check_flags({"amp": "false"})
+    assert "amp must be true or false, got 'false'" in problem and "write --amp False" in problem
+    (problem,) = check_flags({"amp": 1})
+    assert problem == "amp must be true or false, got 1."
+    with pytest.raises(ValueError, match="amp must be true or false, got 'false'"):  # with the run's other problems
+        validate_run(class_names=["background", "a"], splits=[], flags={"amp": "false"}, argv=[])
+
+
+@pytest.mark.parametrize("config", ["train.yaml", "inference.yaml"])
+def test_the_bundle_checks_amp_before_the_run_starts(config):
+    from monai.bundle import ConfigParser
+
+    from scsam_monai.bundle_cli import CONFIGS_DIR
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS_DIR / config))
+    parser["amp"] = "false"  # what `python -m monai.bundle run ... --amp false` sets
+    assert parser.get_parsed_content("startup_checks#flags") == {"amp": "false"}
+    parser["amp"] = False
+    assert parser.get_parsed_content("startup_checks#flags") == {"amp": False}

@@ -28,7 +28,7 @@ from .checkpoints import SAM_ARCHS, check_checkpoint, read_large_files
 from .config_keys import bundle_command_line, check_config_keys
 from .datalist import DatalistSplit, check_datalist, check_items, read_split
 from .errors import ConfigValidationError, suggest
-from .run import check_data, check_input, require_input, validate_run
+from .run import check_data, check_flags, check_input, require_input, validate_run
 from .settings import HEAD_KEYS, check_class_names, check_head
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "check_datalist",
     "check_items",
     "check_data",
+    "check_flags",
     "read_split",
     "DatalistSplit",
     "check_input",

@@ -13,7 +13,7 @@ from .datalist import DatalistSplit, check_datalist, check_items
 from .errors import ConfigValidationError
 from .settings import check_class_names, check_head
 
-__all__ = ["validate_run", "check_data", "check_input", "require_input"]
+__all__ = ["validate_run", "check_data", "check_flags", "check_input", "require_input"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ def validate_run(
     head_checkpoint: str | Path | None = None,
     large_files: str | Path | None = None,
     verify_hashes: bool = True,
+    flags: Mapping[str, Any] | None = None,
     argv: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Check a run's settings, checkpoints and data before it starts; raise one error listing every problem.
@@ -61,6 +62,8 @@ def validate_run(
         head_checkpoint: the trained head the run loads (evaluation, inference); None when it trains one.
         large_files: the bundle's ``large_files.yml`` (expected hashes and URLs of the checkpoints).
         verify_hashes: verify listed checkpoints against their SHA-256 (reads the whole file once).
+        flags: settings that must be booleans, by name (``amp``): ``python -m monai.bundle run ... --amp false``
+            passes the string "false", which a trainer reads as true (:func:`check_flags`).
         argv: the command line to check; ``sys.argv`` by default.
 
     Returns:
@@ -88,6 +91,7 @@ def validate_run(
         except Exception as err:  # noqa: BLE001 - same: the files were read by MONAI already
             logger.warning("could not check the keys of the config files (%s: %s).", type(err).__name__, err)
     problems += head_problems
+    problems += check_flags(flags or {})
     problems += check_checkpoint(
         sam_checkpoint,
         kind="SAM",
@@ -114,6 +118,20 @@ def validate_run(
         "overlay and override keys checked" if keys_checked else "keys of the command line not checked",
     )
     return {"items": counts, "keys_checked": keys_checked}
+
+
+def check_flags(flags: Mapping[str, Any]) -> list[str]:
+    """Problems of settings that must be booleans: one line per value that is not ``True`` or ``False``."""
+    problems = []
+    for name, value in flags.items():
+        if isinstance(value, bool):
+            continue
+        hint = ""
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            word = value.strip().lower().capitalize()
+            hint = f" (the command line passes the word {value!r} as text: write --{name} {word})"
+        problems.append(f"{name} must be true or false, got {value!r}{hint}.")
+    return problems
 
 
 def check_data(
