@@ -20,6 +20,7 @@ Run: ``python -m scsam_monai.experiments.feature_probe --datalist OUT/data/datal
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ from ..atomic import atomic_write_json, atomic_write_text
 from ..data.normalize import PREPARED_SLICE_WINDOW, normalize_slice
 from ..data.readers import read_image_2d
 from ..validation.datalist import read_split
+from .datalists import class_names_of
 
 __all__ = [
     "fit_ridge",
@@ -251,13 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--class-names", nargs="+", help="names of label values 1..C (default: the datalist's)")
     parser.add_argument("--out", required=True, help="folder for probe.json and probe.md")
     args = parser.parse_args(argv)
-    torch.manual_seed(0)
     names = args.class_names
-    if not names:
-        import json
-
-        names = json.loads(Path(args.datalist).read_text()).get("labels")
-        names = [v for k, v in sorted(names.items(), key=lambda kv: int(kv[0])) if int(k) > 0] if names else None
+    if not names:  # the datalist's classes, background first: the probe names the foreground ones
+        names = (class_names_of(json.loads(Path(args.datalist).read_text())) or [])[1:]
     if not names:
         parser.error("--class-names is needed: the datalist has no 'labels' map")
     encoders: dict[str, Callable[[], nn.Module]] = {
