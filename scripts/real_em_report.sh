@@ -147,5 +147,6 @@ if [ -f "$OUT/mae/mae_encoder.pt" ]; then
 else
   log "5/5 no pre-trained MAE in $OUT/mae: linear probes skipped"
 fi
-echo "total (seeds $SEEDS; rows $ROW_GROUPS),$SECONDS" >> "$OUT/timing.csv"
+# commas inside a step's name would split the CSV row: seeds and row groups are joined with "+" there
+echo "total (seeds ${SEEDS//,/+}; rows ${ROW_GROUPS//,/+}),$SECONDS" >> "$OUT/timing.csv"
 log "done in $((SECONDS / 60)) min $((SECONDS % 60)) s (seconds per step of this invocation: $OUT/timing.csv)"

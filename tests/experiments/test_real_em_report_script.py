@@ -7,6 +7,7 @@ records when it started and ended, its arguments and its niceness, and writes th
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import stat
@@ -121,12 +122,13 @@ def test_pretraining_runs_beside_the_rows_without_mae_and_before_the_rows_with_i
         line = events[index[("start", f"rows:{group}")]][2]
         assert int(line.split(" ", 1)[0]) == base, line
         assert f"mae_checkpoint={out}/mae/mae_encoder.pt" in line
-    timing = (out / "timing.csv").read_text().splitlines()
-    assert timing[0] == "step,seconds"
-    steps = {line.rsplit(",", 1)[0] for line in timing[1:]}
+    with open(out / "timing.csv", newline="") as handle:
+        timing = list(csv.reader(handle))
+    assert timing[0] == ["step", "seconds"]
+    assert all(len(row) == 2 and int(row[1]) >= 0 for row in timing[1:]), timing
+    steps = {row[0] for row in timing[1:]}
     assert {"mae_pretraining", "seed_0/scsam", "seed_0/sam_only", "seed_0/mae_only", "seed_0/unet+dynunet"} <= steps
-    assert any(step.startswith("total") for step in steps)
-    assert all(int(line.rsplit(",", 1)[1]) >= 0 for line in timing[1:])
+    assert "total (seeds 0; rows scsam sam_only mae_only unet+dynunet)" in steps
 
     # a second invocation keeps what exists: no pre-training, no rows
     (stub_repo.parent / "stub.log").unlink()
