@@ -35,14 +35,15 @@ def synthetic(tmp_path_factory) -> Path:
     return root
 
 
-def _workflow(**override) -> ConfigWorkflow:
+def _workflow(configs: list[str] = CONFIGS, defaults: dict = SMALL, **override) -> ConfigWorkflow:
+    """The pre-training workflow of ``configs``, initialised, with ``defaults`` then ``override`` applied."""
     workflow = ConfigWorkflow(
-        config_file=CONFIGS,
+        config_file=configs,
         meta_file=META,
         logging_file=False,
         run_id="pretraining",
         workflow_type=None,
-        **{k: str(v) if isinstance(v, Path) else v for k, v in {**SMALL, **override}.items()},
+        **{k: str(v) if isinstance(v, Path) else v for k, v in {**defaults, **override}.items()},
     )
     workflow.initialize()
     return workflow
@@ -171,23 +172,18 @@ def test_pretraining_loss_falls_on_real_em_slices(tmp_path):
 REAL_EM_OVERLAY = [str(REPO / "bundle/configs/pretrain_mae.yaml"), str(REPO / "bundle/configs/pretrain_real_em.yaml")]
 
 
+def _real_em_workflow(dataset_dir: Path, **override) -> ConfigWorkflow:
+    """The real-EM report's pre-training (pretrain_mae.yaml + pretrain_real_em.yaml) on a CPU, initialised."""
+    return _workflow(REAL_EM_OVERLAY, {}, dataset_dir=dataset_dir, device="$torch.device('cpu')", **override)
+
+
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_real_em_overlay_autocasts_in_bf16_only_where_the_cpu_runs_it_natively(native_bf16, monkeypatch, synthetic):
     """pretrain_real_em.yaml: bf16 autocast on a CPU with native bf16 (the report's 0.42 s per step), float32 elsewhere."""
     from scsam_monai.networks import precision
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native_bf16)
-    workflow = ConfigWorkflow(
-        config_file=REAL_EM_OVERLAY,
-        meta_file=META,
-        logging_file=False,
-        run_id="pretraining",
-        workflow_type=None,
-        dataset_dir=str(synthetic),
-        device="$torch.device('cpu')",
-    )
-    workflow.initialize()
-    parser = workflow.parser
+    parser = _real_em_workflow(synthetic).parser
     assert parser.get_parsed_content("amp") is native_bf16
     assert parser.get_parsed_content("train#iteration").amp_dtype == (torch.bfloat16 if native_bf16 else torch.float32)
     assert parser.get_parsed_content("train#trainer").amp is native_bf16
@@ -200,16 +196,10 @@ def test_real_em_overlay_autocasts_in_bf16_only_where_the_cpu_runs_it_natively(n
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="needs a CPU with native bf16 (AVX512-BF16 or AMX)")
 def test_real_em_overlay_pretrains_in_bf16_on_this_cpu(synthetic, tmp_path):
     """A few steps of the real-EM overlay's bf16 pre-training run, fall and export a loadable encoder."""
-    workflow = ConfigWorkflow(
-        config_file=REAL_EM_OVERLAY,
-        meta_file=META,
-        logging_file=False,
-        run_id="pretraining",
-        workflow_type=None,
-        dataset_dir=str(synthetic),
-        output_dir=str(tmp_path / "out"),
-        device="$torch.device('cpu')",
-        image_normalization="per_image",
+    workflow = _real_em_workflow(
+        synthetic,
+        output_dir=tmp_path / "out",
+        image_normalization="per_image",  # the synthetic slices are not scsam-prepare output
         batch_size=8,
         max_steps=12,
         steps_per_epoch=4,
@@ -217,7 +207,6 @@ def test_real_em_overlay_pretrains_in_bf16_on_this_cpu(synthetic, tmp_path):
         save_interval=3,
         png_interval=0,
     )
-    workflow.initialize()
     assert workflow.parser.get_parsed_content("amp") is True
     workflow.run()
     history = _loss(tmp_path / "out")
