@@ -100,7 +100,7 @@ run_group() {  # SEED GROUP RUN_DIR: one run_experiments process (waits for the 
       return 1
     fi
     mae=(--override "mae_checkpoint=$OUT/mae/mae_encoder.pt")
-  elif [ -n "$pretrain_pid" ]; then
+  elif [ -n "$pretrain_pid" ] && kill -0 "$pretrain_pid" 2>/dev/null; then  # only while the pre-training runs
     priority=(nice -n 10)
   fi
   local status=0
