@@ -84,7 +84,7 @@ def stub_repo(tmp_path: Path) -> Path:
     return root
 
 
-def _run(root: Path, out: Path, **env: str) -> subprocess.CompletedProcess:
+def _run(root: Path, out: Path, seeds: str = "0", **env: str) -> subprocess.CompletedProcess:
     environment = {
         **os.environ,
         "DATA": str(root.parent / "sample"),
@@ -93,7 +93,7 @@ def _run(root: Path, out: Path, **env: str) -> subprocess.CompletedProcess:
         **env,
     }
     return subprocess.run(
-        ["bash", str(root / "scripts" / "real_em_report.sh"), str(out), "0"],
+        ["bash", str(root / "scripts" / "real_em_report.sh"), str(out), seeds],
         cwd=root,
         env=environment,
         capture_output=True,
@@ -148,3 +148,15 @@ def test_failed_pretraining_skips_only_the_rows_that_need_it(stub_repo: Path):
     assert "the MAE pre-training failed" in result.stdout
     assert "no pre-trained MAE" in (out / "seed_0" / "scsam.log").read_text()
     assert not (out / "seed_0" / "scsam" / "results.csv").exists()
+
+
+def test_later_seeds_run_at_normal_priority_once_the_pretraining_has_ended(stub_repo: Path):
+    out = stub_repo.parent / "out"
+    result = _run(stub_repo, out, seeds="0,1", STUB_PRETRAIN_SECONDS="2")
+    assert result.returncode == 0, result.stderr + result.stdout
+    base = os.nice(0)
+    starts = [(what, rest) for kind, what, rest in _events(stub_repo.parent / "stub.log") if kind == "start"]
+    seed_1 = [(what, rest) for what, rest in starts if what.startswith("rows:") and " --seed 1 " in rest]
+    assert {what for what, _ in seed_1} == {"rows:scsam", "rows:sam_only", "rows:mae_only", "rows:unet,dynunet"}
+    assert all(int(rest.split(" ", 1)[0]) == base for _, rest in seed_1), seed_1
+    assert sum(what == "pretraining" for what, _ in starts) == 1  # pre-trained once for both seeds
