@@ -31,19 +31,17 @@ nice_value="$(ps -o ni= -p $$ | tr -d ' ')"
 what="other"
 out=""
 args=("$@")
+methods=""
 for ((i = 0; i < ${#args[@]}; i++)); do
   case "${args[$i]}" in
     scripts/prepare_data.py) what="prepare" ;;
     pretraining) what="pretraining" ;;
     scripts/run_experiments.py) what="rows" ;;
     --out|--output_dir) out="${args[$((i + 1))]}" ;;
+    --methods) methods="${args[$((i + 1))]}" ;;
   esac
 done
-if [ "$what" = rows ]; then
-  for ((i = 0; i < ${#args[@]}; i++)); do
-    if [ "${args[$i]}" = --methods ]; then what="rows:${args[$((i + 1))]}"; fi
-  done
-fi
+if [ "$what" = rows ]; then what="rows:$methods"; fi
 echo "start $what $nice_value $*" >> "$STUB_LOG"
 case "$what" in
   prepare) mkdir -p "$out"; echo '{}' > "$out/datalist.json" ;;
