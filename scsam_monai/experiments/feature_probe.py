@@ -142,8 +142,9 @@ def probe_encoder(
 
     Returns:
         ``dice`` (per foreground class, NaN where no test image holds it), ``dice_mean``, ``pixel_r2``, ``grid``,
-        ``channels``, and the spread of the raw training features' variance: ``first_component_share`` and
-        ``participation_ratio``.
+        ``channels``, and the spread of the raw training features' variance: ``first_component_share``,
+        ``participation_ratio`` and ``fixed_pattern_share`` (the share held by each position's mean over the
+        training images: a pattern that is the same in every image, such as position embeddings carried through).
     """
     (x_train, y_train), (x_test, y_test) = train, test
     f_train, f_test = token_features(encoder, x_train), token_features(encoder, x_test)
@@ -151,9 +152,12 @@ def probe_encoder(
     # how the raw features' variance is spread: the share of the first principal component, and the participation
     # ratio (sum of eigenvalues)^2 / sum of their squares, an effective number of directions
     eigen = torch.linalg.eigvalsh(torch.cov(f_train.double().T)).clamp_min(0.0)
+    per_image = f_train.double().reshape(len(x_train), grid * grid, -1)
+    fixed = (per_image.mean(dim=0) - per_image.mean(dim=(0, 1))).pow(2).mean(dim=0).sum()
     spread = {
         "first_component_share": float(eigen[-1] / eigen.sum()),
         "participation_ratio": float(eigen.sum() ** 2 / (eigen**2).sum()),
+        "fixed_pattern_share": float(fixed / per_image.var(dim=(0, 1), unbiased=False).sum()),
     }
     mean, std = f_train.mean(0), f_train.std(0).clamp_min(1e-6)
     f_train, f_test = (f_train - mean) / std, (f_test - mean) / std
@@ -227,14 +231,15 @@ def format_probe(result: Mapping[str, Any]) -> str:
         f"{result['test_split']} slices; ridge alpha {result['alpha']:g})",
         "",
         "| encoder | channels | " + " | ".join(f"dice_{n}" for n in names) + " | dice_mean | pixel_r2 | pc1_share "
-        "| participation_ratio |",
-        "|---|---:|" + "---:|" * (len(names) + 4),
+        "| participation_ratio | fixed_pattern_share |",
+        "|---|---:|" + "---:|" * (len(names) + 5),
     ]
     for enc, row in result["encoders"].items():
         dice = " | ".join("n/a" if math.isnan(v) else f"{v:.3f}" for v in row["dice"])
         lines.append(
             f"| {enc} | {row['channels']} | {dice} | {row['dice_mean']:.3f} | {row['pixel_r2']:.4f} | "
-            f"{row['first_component_share']:.3f} | {row['participation_ratio']:.1f} |"
+            f"{row['first_component_share']:.3f} | {row['participation_ratio']:.1f} | "
+            f"{row.get('fixed_pattern_share', math.nan):.3f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -254,10 +254,10 @@ class ReconstructionWriter:
             out = network.reconstruct(self.images.to(device), generator=generator)
         finally:
             network.train(was_training)
-        self._plot(out, engine.state.epoch, bool(getattr(network, "norm_pix_loss", False)))
+        self._plot(out, engine.state.epoch, getattr(network, "norm_pix_loss", False))
         self.written_epochs.append(int(engine.state.epoch))
 
-    def _plot(self, out: dict[str, torch.Tensor], epoch: int, norm_pix: bool) -> None:
+    def _plot(self, out: dict[str, torch.Tensor], epoch: int, norm_pix: bool | str) -> None:
         plt = _matplotlib()
         columns = [("masked", "masked input"), ("reconstruction", "reconstruction"), ("original", "original")]
         rows = out["original"].shape[0]
@@ -275,10 +275,11 @@ class ReconstructionWriter:
                     axes[r, c].set_title(title, fontsize=9)
         fig.suptitle(f"MAE pre-training, epoch {epoch}", fontsize=10)
         if norm_pix:
+            caption = "the original patch's mean" + ("" if norm_pix == "mean" else " and spread")
             fig.text(
                 0.5,
                 0.005,
-                "norm_pix_loss: each predicted patch is shown with the original patch's mean and spread",
+                f"norm_pix_loss {norm_pix}: each predicted patch is shown with {caption}",
                 ha="center",
                 va="bottom",
                 fontsize=7,

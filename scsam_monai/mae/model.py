@@ -28,11 +28,15 @@ __all__ = [
     "MAE_DECODERS",
     "MaskedAutoencoder",
     "MaskedPatchLoss",
+    "PIXEL_TARGETS",
     "sincos_pos_embed_2d",
     "patchify",
     "unpatchify",
     "random_masking",
 ]
+
+#: Values of ``norm_pix_loss`` (:class:`MaskedAutoencoder`): normalised, raw and centred (``"mean"``) targets.
+PIXEL_TARGETS = (True, False, "mean")
 
 #: Decoder settings per arch (pre-training only; the decoder is discarded afterwards). MAE's decoder is narrower
 #: and shallower than its encoder; these keep it small on the 512-wide encoder.
@@ -153,7 +157,10 @@ class MaskedAutoencoder(nn.Module):
         decoder_embed_dim: decoder width; None for :data:`MAE_DECODERS`' value of the arch.
         decoder_depth: decoder blocks; None for the arch's.
         decoder_num_heads: decoder attention heads; None for the arch's.
-        norm_pix_loss: predict each patch normalised by its own mean and standard deviation (MAE's default).
+        norm_pix_loss: the targets of the masked patches. True: each patch normalised by its own mean and standard
+            deviation (MAE's default); ``"mean"``: each patch minus its own mean (its texture at its own contrast,
+            without the brightness that raw targets are dominated by, and without amplifying the noise of flat
+            patches as normalised targets do); False: the normalised intensities themselves.
         pixel_mean: intensity mean subtracted from [0, 1] images (the frozen encoder's).
         pixel_std: intensity standard deviation divided by (the frozen encoder's).
 
@@ -178,7 +185,7 @@ class MaskedAutoencoder(nn.Module):
         decoder_embed_dim: int | None = None,
         decoder_depth: int | None = None,
         decoder_num_heads: int | None = None,
-        norm_pix_loss: bool = True,
+        norm_pix_loss: bool | str = True,
         pixel_mean: float = MAE_PIXEL_MEAN,
         pixel_std: float = MAE_PIXEL_STD,
     ) -> None:
@@ -204,7 +211,9 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_settings = decoder
         self.arch = arch
         self.mask_ratio = float(mask_ratio)
-        self.norm_pix_loss = bool(norm_pix_loss)
+        if norm_pix_loss not in PIXEL_TARGETS:
+            raise ValueError(f"norm_pix_loss must be true, false or 'mean', got {norm_pix_loss!r}.")
+        self.norm_pix_loss: bool | str = norm_pix_loss if isinstance(norm_pix_loss, str) else bool(norm_pix_loss)
         self.pixel_mean = float(pixel_mean)
         self.pixel_std = float(pixel_std)
         self.patch_size = int(self.architecture["patch_size"])
@@ -263,6 +272,8 @@ class MaskedAutoencoder(nn.Module):
     def targets(self, normalized: torch.Tensor) -> torch.Tensor:
         """Per-patch prediction targets (B, N, p*p) of normalised images (normalised per patch if set)."""
         target = patchify(normalized, self.patch_size)
+        if self.norm_pix_loss == "mean":
+            return target - target.mean(dim=-1, keepdim=True)
         if self.norm_pix_loss:
             mean = target.mean(dim=-1, keepdim=True)
             var = target.var(dim=-1, keepdim=True)
@@ -335,13 +346,16 @@ class MaskedAutoencoder(nn.Module):
 
         Returns:
             ``masked`` (visible patches, masked ones 0), ``reconstruction`` (predicted masked patches pasted into
-            the visible ones; per-patch normalised predictions take the true patch's mean and spread) and
+            the visible ones; per-patch normalised predictions take the true patch's mean and spread, centred
+            ones (``norm_pix_loss="mean"``) its mean) and
             ``original``, each (B, 1, H, W); ``mask`` (B, 1, H, W), 1 where masked.
         """
         out = self.forward(images, generator=generator)
         h, w = images.shape[-2:]
         pred = out["pred"].float()
-        if self.norm_pix_loss:
+        if self.norm_pix_loss == "mean":
+            pred = pred + patchify(self.normalize(images), self.patch_size).mean(dim=-1, keepdim=True)
+        elif self.norm_pix_loss:
             patches = patchify(self.normalize(images), self.patch_size)
             mean, var = patches.mean(dim=-1, keepdim=True), patches.var(dim=-1, keepdim=True)
             pred = pred * (var + 1.0e-6).sqrt() + mean

@@ -119,6 +119,25 @@ def test_probe_tells_informative_features_from_noise(datalist):
     assert 0 < pixels["first_component_share"] < 1 and pixels["participation_ratio"] < 8  # correlated pixels
 
 
+class _FixedPattern(nn.Module):
+    """Each token's pixels plus a position code ten times their size that is the same in every image."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = _PatchPixels()(images)[:, :16]
+        code = torch.randn(16, GRID, GRID, generator=torch.Generator().manual_seed(0))
+        return pixels + 10.0 * code
+
+
+def test_probe_measures_the_fixed_pattern_share(datalist):
+    train, test = read_prepared_split(datalist, "training"), read_prepared_split(datalist, "test")
+    fixed = probe_encoder(_FixedPattern(), train, test, num_classes=2)["fixed_pattern_share"]
+    noise = probe_encoder(_Noise(), train, test, num_classes=2)["fixed_pattern_share"]
+    pixels = probe_encoder(_PatchPixels(), train, test, num_classes=2)["fixed_pattern_share"]
+    assert fixed > 0.95  # the code's variance (100 per channel) dwarfs the pixels' (< 0.1)
+    assert noise < 0.3  # independent noise per image: each position's mean over 6 images holds about 1/6
+    assert pixels < 0.5  # random squares and bars: no position is the same in every image
+
+
 def test_run_probe_writes_json_and_markdown_for_real_encoders(datalist, tmp_path):
     encoders = {
         "MAE (random, seed 0)": lambda: FrozenMaeEncoder(arch="tiny", allow_random_weights=True, seed=0),
@@ -131,7 +150,8 @@ def test_run_probe_writes_json_and_markdown_for_real_encoders(datalist, tmp_path
     assert mae["channels"] == 512 and mae["grid"] == 64  # the tiny MAE's grid on its 256 canvas
     assert all(0.0 <= d <= 1.0 for d in mae["dice"]) and not math.isnan(mae["pixel_r2"])
     table = (tmp_path / "probe.md").read_text()
-    assert "| MAE (random, seed 0) | 512 |" in table and "dice_squares" in table
+    assert "| MAE (random, seed 0) | 512 |" in table and "dice_squares" in table and "fixed_pattern_share" in table
+    assert 0.0 <= mae["fixed_pattern_share"] <= 1.0
 
 
 def test_command_line_probes_the_pretrained_mae_and_its_random_twins(datalist, tmp_path, capsys):

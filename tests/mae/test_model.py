@@ -68,6 +68,32 @@ def test_forward_shapes_and_loss(mae):
     mae.zero_grad(set_to_none=True)
 
 
+@pytest.mark.parametrize("norm_pix_loss", [True, False, "mean"])
+def test_pixel_targets(norm_pix_loss):
+    torch.manual_seed(0)
+    model = MaskedAutoencoder(arch="tiny", norm_pix_loss=norm_pix_loss)
+    x = torch.rand(2, 1, 64, 64)
+    x[0, 0, :4, :4] = torch.linspace(0.2, 0.8, 16).reshape(4, 4)  # the first patch: a ramp, spread known
+    patches = patchify(model.normalize(x), 4)
+    target = model.targets(model.normalize(x))
+    if norm_pix_loss is False:  # the normalised intensities
+        torch.testing.assert_close(target, patches)
+    elif norm_pix_loss == "mean":  # each patch minus its mean: brightness removed, contrast kept
+        torch.testing.assert_close(target, patches - patches.mean(dim=-1, keepdim=True))
+        torch.testing.assert_close(target.std(dim=-1), patches.std(dim=-1))
+    else:  # MAE: each patch normalised to mean 0, standard deviation 1
+        torch.testing.assert_close(target.mean(dim=-1), torch.zeros(2, 256), atol=1e-5, rtol=0)
+        torch.testing.assert_close(target.std(dim=-1), torch.ones(2, 256), atol=1e-3, rtol=0)
+    assert model.encoder_record()["norm_pix_loss"] == norm_pix_loss
+    # the reconstruction puts the original patches' mean (and spread) back: an exact prediction of the targets
+    # gives the original image
+    out = model.reconstruct(x, generator=torch.Generator().manual_seed(0))
+    model.forward_decoder = lambda latent, ids_keep, grid: target  # a perfect decoder
+    perfect = model.reconstruct(x, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(perfect["reconstruction"], x, atol=1e-4, rtol=0)
+    assert not torch.allclose(out["reconstruction"], x, atol=1e-2)
+
+
 def test_loss_counts_masked_patches_only():
     pred, target = torch.zeros(1, 4, 2), torch.ones(1, 4, 2)
     mask = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
@@ -122,6 +148,8 @@ def test_invalid_settings():
         MaskedAutoencoder(arch="tiny", mask_ratio=0.0)
     with pytest.raises(ValueError, match="unknown MAE arch"):
         MaskedAutoencoder(arch="vit_x")
+    with pytest.raises(ValueError, match="norm_pix_loss"):
+        MaskedAutoencoder(arch="tiny", norm_pix_loss="std")
     with pytest.raises(ValueError, match="decoder_embed_dim"):
         MaskedAutoencoder(arch="tiny", decoder_embed_dim=130)
     with pytest.raises(ValueError, match="one-channel"):

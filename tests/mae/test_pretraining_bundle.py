@@ -213,3 +213,26 @@ def test_real_em_overlay_pretrains_in_bf16_on_this_cpu(synthetic, tmp_path):
     assert all(torch.isfinite(torch.tensor(history["loss"]))) and history["loss"][-1] < history["loss"][0], history
     encoder = FrozenMaeEncoder(arch="tiny", checkpoint=tmp_path / "out" / "mae_encoder.pt")
     assert encoder(torch.rand(1, 1, 256, 256)).shape == (1, 512, 64, 64)
+
+
+def test_centred_targets_through_the_bundle(synthetic, tmp_path):
+    """``--norm_pix_loss mean`` reaches the MAE, its predict-nothing level is the masked patches' own variance, and
+    the exported encoder records it."""
+    workflow = _workflow(
+        dataset_dir=synthetic,
+        output_dir=tmp_path / "out",
+        export_path=tmp_path / "mae_encoder.pt",
+        norm_pix_loss="mean",
+        max_epochs=1,
+        png_interval=1,
+    )
+    network = workflow.parser.get_parsed_content("network_def")
+    assert network.norm_pix_loss == "mean"
+    workflow.run()
+    history = _loss(tmp_path / "out")
+    assert all(torch.isfinite(torch.tensor(history["loss"] + history["predict_nothing"])))
+    # centred targets: predicting nothing scores the mean (biased) variance of the masked patches
+    assert 0.0 < history["predict_nothing"][0] < 1.0
+    record = torch.load(tmp_path / "mae_encoder.pt", weights_only=True)["mae_architecture"]
+    assert record["norm_pix_loss"] == "mean"
+    assert (tmp_path / "out" / "mae_reconstruction.png").is_file()

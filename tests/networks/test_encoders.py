@@ -607,3 +607,52 @@ def test_sam_checkpoint_loads_strictly_into_the_fused_encoder(tmp_path):
     x = enc.preprocess(torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(1)))
     with torch.no_grad():
         assert float((enc.encoder(x) - official.eval()(x)).norm() / official(x).norm()) < 1e-5
+
+
+# ------------------------------------------------------------------------------ MAE: subtracting the blank response
+
+
+def _position_share(features: torch.Tensor) -> float:
+    """Share of the features' variance (over images and positions) that the per-position mean over images holds."""
+    total = features.var(dim=(0, 2, 3), unbiased=False).sum()
+    per_position = features.mean(dim=0, keepdim=True)
+    fixed = ((per_position - features.mean(dim=(0, 2, 3), keepdim=True)) ** 2).mean(dim=(2, 3)).sum()
+    return float(fixed / total)
+
+
+def test_mae_subtract_blank_removes_the_image_independent_response():
+    from scsam_monai.mae.model import sincos_pos_embed_2d
+
+    plain = FrozenMaeEncoder(arch="tiny", allow_random_weights=True, seed=3)
+    blank = FrozenMaeEncoder(arch="tiny", allow_random_weights=True, seed=3, subtract_blank=True)
+    assert blank.cache_key == "mae-tiny-t128-random-seed3-blank"
+    # position embeddings as strong as a pre-training's (fixed sin-cos, scaled up): the features are dominated by
+    # a pattern that is the same for every image
+    for enc in (plain, blank):
+        with torch.no_grad():
+            enc.backbone.pos_embed[0, 1:] = 4.0 * sincos_pos_embed_2d(512, 16, 16)
+    torch.manual_seed(0)
+    images = torch.rand(6, 1, 256, 256)
+    raw, centred = plain(images), blank(images)
+    assert centred.shape == raw.shape == (6, 512, 64, 64)
+    # exactly the raw features minus the response to a blank canvas at the mean intensity (0.5 = 0 normalised)
+    response = plain(torch.full((1, 1, 256, 256), 0.5))
+    torch.testing.assert_close(centred, raw - response)
+    torch.testing.assert_close(blank(torch.full((2, 1, 256, 256), 0.5)), torch.zeros(2, 512, 64, 64))
+    assert _position_share(raw) > 0.5
+    assert _position_share(centred) < 0.5 * _position_share(raw)
+    # the images still differ as much: the subtraction removes a constant, not content
+    torch.testing.assert_close(centred[1:] - centred[:1], raw[1:] - raw[:1], atol=1e-4, rtol=1e-4)
+
+
+def test_mae_subtract_blank_keeps_tiles_independent_and_batches_consistent():
+    enc = FrozenMaeEncoder(arch="tiny", allow_random_weights=True, subtract_blank=True)
+    torch.manual_seed(4)
+    images = torch.rand(3, 1, 256, 200)
+    together = enc(images)
+    one_by_one = torch.cat([enc(images[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(together, one_by_one, atol=1e-5, rtol=1e-5)
+    changed = images[:1].clone()
+    changed[..., 10:20, 140:150] = 1.0  # top-right tile only
+    diff = (enc(changed) - together[:1]).abs().amax(dim=1)[0] > 1e-6
+    assert diff[:32, 32:].any() and not diff[32:, :].any() and not diff[:, :32].any()
