@@ -499,9 +499,10 @@ class FrozenMaeEncoder(_FrozenEncoder):
             That response is the part of the features that does not depend on the image: mostly the position
             embeddings carried through the blocks. A pre-trained MAE with fixed sin-cos position embeddings can let
             it dominate its output (on the real-EM report's tiny MAE, 90% of the feature variance over the training
-            sections is this fixed pattern, against 21% for a random twin; ``docs/results_real_em.md``), and a
-            head trained for a few hundred steps then sees the image through a small fraction of its input.
-            Off by default (the paper embeds with the raw encoder output).
+            sections is this fixed pattern, against 21% for a random twin; ``docs/results_real_em.md``). There,
+            removing it did not help the head (MAE* test Dice 0.156 with it, 0.157 without, seed 0). Off by
+            default (the paper embeds with the raw encoder output). The trained head does not record it: embed
+            with the same setting at inference as in training (``mae_encoder#subtract_blank`` in both configs).
 
     Attributes:
         img_size: side of the square canvas (1024, 256 for "tiny").
