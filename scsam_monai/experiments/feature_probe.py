@@ -40,6 +40,7 @@ from .datalists import class_names_of
 
 __all__ = [
     "fit_ridge",
+    "fixed_pattern_share",
     "format_probe",
     "main",
     "patch_class_fractions",
@@ -106,6 +107,20 @@ def patch_pixels(images: torch.Tensor, grid: int) -> torch.Tensor:
     return F.unfold(images.float(), patch, stride=patch).transpose(1, 2).reshape(-1, patch * patch)
 
 
+def fixed_pattern_share(tokens: torch.Tensor) -> float:
+    """Share of the features' variance that each position's mean over the images holds.
+
+    A pattern that is the same in every image (position embeddings carried through an encoder, structure shared
+    by neighbouring serial sections) scores near 1; features that vary freely between images near 0.
+
+    Args:
+        tokens: features of N images at P positions, ``(N, P, C)``.
+    """
+    tokens = tokens.double()
+    fixed = (tokens.mean(dim=0) - tokens.mean(dim=(0, 1))).pow(2).mean(dim=0).sum()
+    return float(fixed / tokens.var(dim=(0, 1), unbiased=False).sum())
+
+
 def fit_ridge(features: torch.Tensor, targets: torch.Tensor, alpha: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """Ridge regression with an intercept, closed form in float64; returns the fitted linear map.
 
@@ -152,12 +167,10 @@ def probe_encoder(
     # how the raw features' variance is spread: the share of the first principal component, and the participation
     # ratio (sum of eigenvalues)^2 / sum of their squares, an effective number of directions
     eigen = torch.linalg.eigvalsh(torch.cov(f_train.double().T)).clamp_min(0.0)
-    per_image = f_train.double().reshape(len(x_train), grid * grid, -1)
-    fixed = (per_image.mean(dim=0) - per_image.mean(dim=(0, 1))).pow(2).mean(dim=0).sum()
     spread = {
         "first_component_share": float(eigen[-1] / eigen.sum()),
         "participation_ratio": float(eigen.sum() ** 2 / (eigen**2).sum()),
-        "fixed_pattern_share": float(fixed / per_image.var(dim=(0, 1), unbiased=False).sum()),
+        "fixed_pattern_share": fixed_pattern_share(f_train.reshape(len(x_train), grid * grid, -1)),
     }
     mean, std = f_train.mean(0), f_train.std(0).clamp_min(1e-6)
     f_train, f_test = (f_train - mean) / std, (f_test - mean) / std

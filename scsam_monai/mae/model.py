@@ -353,12 +353,11 @@ class MaskedAutoencoder(nn.Module):
         out = self.forward(images, generator=generator)
         h, w = images.shape[-2:]
         pred = out["pred"].float()
-        if self.norm_pix_loss == "mean":
-            pred = pred + patchify(self.normalize(images), self.patch_size).mean(dim=-1, keepdim=True)
-        elif self.norm_pix_loss:
+        if self.norm_pix_loss:  # per-patch targets: put the true patch's spread (unless centred) and mean back
             patches = patchify(self.normalize(images), self.patch_size)
-            mean, var = patches.mean(dim=-1, keepdim=True), patches.var(dim=-1, keepdim=True)
-            pred = pred * (var + 1.0e-6).sqrt() + mean
+            if self.norm_pix_loss != "mean":
+                pred = pred * (patches.var(dim=-1, keepdim=True) + 1.0e-6).sqrt()
+            pred = pred + patches.mean(dim=-1, keepdim=True)
         pred = unpatchify(pred, self.patch_size, h, w) * self.pixel_std + self.pixel_mean
         mask = unpatchify(
             out["mask"][..., None].expand(-1, -1, self.patch_size**2).to(images.dtype), self.patch_size, h, w

@@ -613,11 +613,10 @@ def test_sam_checkpoint_loads_strictly_into_the_fused_encoder(tmp_path):
 
 
 def _position_share(features: torch.Tensor) -> float:
-    """Share of the features' variance (over images and positions) that the per-position mean over images holds."""
-    total = features.var(dim=(0, 2, 3), unbiased=False).sum()
-    per_position = features.mean(dim=0, keepdim=True)
-    fixed = ((per_position - features.mean(dim=(0, 2, 3), keepdim=True)) ** 2).mean(dim=(2, 3)).sum()
-    return float(fixed / total)
+    """The feature probe's fixed-pattern share of embeddings (N, C, g, g)."""
+    from scsam_monai.experiments.feature_probe import fixed_pattern_share
+
+    return fixed_pattern_share(features.flatten(2).transpose(1, 2))
 
 
 def test_mae_subtract_blank_removes_the_image_independent_response():
