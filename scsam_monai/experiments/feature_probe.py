@@ -42,6 +42,7 @@ __all__ = [
     "fit_ridge",
     "fixed_pattern_share",
     "format_probe",
+    "image_dependent_variance",
     "main",
     "patch_class_fractions",
     "patch_pixels",
@@ -121,6 +122,20 @@ def fixed_pattern_share(tokens: torch.Tensor) -> float:
     return float(fixed / tokens.var(dim=(0, 1), unbiased=False).sum())
 
 
+def image_dependent_variance(tokens: torch.Tensor) -> float:
+    """Variance per channel that changes between images: each position's variance over the images, averaged.
+
+    The absolute scale of what a head can learn from (in the encoder's output units): a fixed pattern adds to a
+    channel's variance but not to this. A trained head starts from a fixed initialisation and takes a few steps,
+    so it reads a small image-dependent signal less easily than a large one, however linearly informative.
+
+    Args:
+        tokens: features of N images at P positions, ``(N, P, C)``.
+    """
+    tokens = tokens.double()
+    return float(tokens.var(dim=0, unbiased=False).mean())
+
+
 def fit_ridge(features: torch.Tensor, targets: torch.Tensor, alpha: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """Ridge regression with an intercept, closed form in float64; returns the fitted linear map.
 
@@ -159,7 +174,8 @@ def probe_encoder(
         ``dice`` (per foreground class, NaN where no test image holds it), ``dice_mean``, ``pixel_r2``, ``grid``,
         ``channels``, and the spread of the raw training features' variance: ``first_component_share``,
         ``participation_ratio`` and ``fixed_pattern_share`` (the share held by each position's mean over the
-        training images: a pattern that is the same in every image, such as position embeddings carried through).
+        training images: a pattern that is the same in every image, such as position embeddings carried through)
+        and ``image_dependent_variance`` (:func:`image_dependent_variance`, in the features' own units).
     """
     (x_train, y_train), (x_test, y_test) = train, test
     f_train, f_test = token_features(encoder, x_train), token_features(encoder, x_test)
@@ -171,6 +187,7 @@ def probe_encoder(
         "first_component_share": float(eigen[-1] / eigen.sum()),
         "participation_ratio": float(eigen.sum() ** 2 / (eigen**2).sum()),
         "fixed_pattern_share": fixed_pattern_share(f_train.reshape(len(x_train), grid * grid, -1)),
+        "image_dependent_variance": image_dependent_variance(f_train.reshape(len(x_train), grid * grid, -1)),
     }
     mean, std = f_train.mean(0), f_train.std(0).clamp_min(1e-6)
     f_train, f_test = (f_train - mean) / std, (f_test - mean) / std
@@ -244,15 +261,15 @@ def format_probe(result: Mapping[str, Any]) -> str:
         f"{result['test_split']} slices; ridge alpha {result['alpha']:g})",
         "",
         "| encoder | channels | " + " | ".join(f"dice_{n}" for n in names) + " | dice_mean | pixel_r2 | pc1_share "
-        "| participation_ratio | fixed_pattern_share |",
-        "|---|---:|" + "---:|" * (len(names) + 5),
+        "| participation_ratio | fixed_pattern_share | image_dependent_variance |",
+        "|---|---:|" + "---:|" * (len(names) + 6),
     ]
     for enc, row in result["encoders"].items():
         dice = " | ".join("n/a" if math.isnan(v) else f"{v:.3f}" for v in row["dice"])
         lines.append(
             f"| {enc} | {row['channels']} | {dice} | {row['dice_mean']:.3f} | {row['pixel_r2']:.4f} | "
             f"{row['first_component_share']:.3f} | {row['participation_ratio']:.1f} | "
-            f"{row.get('fixed_pattern_share', math.nan):.3f} |"
+            f"{row.get('fixed_pattern_share', math.nan):.3f} | {row.get('image_dependent_variance', math.nan):.3f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -266,6 +283,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mae-checkpoint", required=True, help="the pre-trained MAE encoder (mae_encoder.pt)")
     parser.add_argument("--mae-arch", default="tiny")
     parser.add_argument("--sam-arch", default="tiny")
+    parser.add_argument(
+        "--extra-mae",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a further MAE encoder file to probe under NAME (repeatable), e.g. the untrained start of "
+        "python -m scsam_monai.mae.untrained",
+    )
     parser.add_argument("--random-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the random twins")
     parser.add_argument("--alpha", type=float, default=1e-3, help="relative ridge penalty")
     parser.add_argument("--class-names", nargs="+", help="names of label values 1..C (default: the datalist's)")
@@ -279,6 +304,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     encoders: dict[str, Callable[[], nn.Module]] = {
         "MAE (pre-trained)": lambda: FrozenMaeEncoder(arch=args.mae_arch, checkpoint=args.mae_checkpoint)
     }
+    for extra in args.extra_mae:
+        name, sep, path = extra.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"--extra-mae {extra!r}: expected NAME=PATH")
+        if not Path(path).is_file():
+            parser.error(f"--extra-mae {extra!r}: no file {path}")
+        encoders[name] = lambda p=path: FrozenMaeEncoder(arch=args.mae_arch, checkpoint=p)
     for seed in args.random_seeds:
         encoders[f"MAE (random, seed {seed})"] = lambda s=seed: FrozenMaeEncoder(
             arch=args.mae_arch, allow_random_weights=True, seed=s

@@ -212,7 +212,12 @@ class MaskedAutoencoder(nn.Module):
         self.arch = arch
         self.mask_ratio = float(mask_ratio)
         if norm_pix_loss not in PIXEL_TARGETS:
-            raise ValueError(f"norm_pix_loss must be true, false or 'mean', got {norm_pix_loss!r}.")
+            hint = ""
+            if isinstance(norm_pix_loss, str) and norm_pix_loss.strip().lower() in ("true", "false"):
+                # monai.bundle's command line passes lower-case words as text (as for amp, validation.check_flags)
+                word = norm_pix_loss.strip().lower().capitalize()
+                hint = f" (the command line passes the word {norm_pix_loss!r} as text: write --norm_pix_loss {word})"
+            raise ValueError(f"norm_pix_loss must be true, false or 'mean', got {norm_pix_loss!r}{hint}.")
         self.norm_pix_loss: bool | str = norm_pix_loss if isinstance(norm_pix_loss, str) else bool(norm_pix_loss)
         self.pixel_mean = float(pixel_mean)
         self.pixel_std = float(pixel_std)

@@ -15,12 +15,14 @@ import torch.nn.functional as F
 from scsam_monai.experiments import feature_probe
 from scsam_monai.experiments.feature_probe import (
     fit_ridge,
+    image_dependent_variance,
     patch_class_fractions,
     patch_pixels,
     probe_encoder,
     read_prepared_split,
     run_probe,
 )
+from scsam_monai.mae.untrained import export_untrained_encoder
 from scsam_monai.networks.encoders import FrozenMaeEncoder
 
 SIZE, GRID = 64, 16  # 4-pixel patches, like the tiny encoders on their canvas
@@ -138,6 +140,17 @@ def test_probe_measures_the_fixed_pattern_share(datalist):
     assert pixels < 0.5  # random squares and bars: no position is the same in every image
 
 
+def test_image_dependent_variance_ignores_a_fixed_pattern_and_follows_scale():
+    generator = torch.Generator().manual_seed(1)
+    varying = torch.randn(6, 50, 8, generator=generator, dtype=torch.float64)
+    pattern = 10.0 * torch.randn(1, 50, 8, generator=generator, dtype=torch.float64)
+    base = image_dependent_variance(varying)
+    assert base == pytest.approx(float(varying.double().var(dim=0, unbiased=False).mean()))
+    assert image_dependent_variance(varying + pattern) == pytest.approx(base, rel=1e-9)  # the pattern adds nothing
+    assert image_dependent_variance(3.0 * varying) == pytest.approx(9.0 * base, rel=1e-9)
+    assert image_dependent_variance(pattern.expand(6, -1, -1)) == pytest.approx(0.0, abs=1e-12)
+
+
 def test_run_probe_writes_json_and_markdown_for_real_encoders(datalist, tmp_path):
     encoders = {
         "MAE (random, seed 0)": lambda: FrozenMaeEncoder(arch="tiny", allow_random_weights=True, seed=0),
@@ -152,6 +165,7 @@ def test_run_probe_writes_json_and_markdown_for_real_encoders(datalist, tmp_path
     table = (tmp_path / "probe.md").read_text()
     assert "| MAE (random, seed 0) | 512 |" in table and "dice_squares" in table and "fixed_pattern_share" in table
     assert 0.0 <= mae["fixed_pattern_share"] <= 1.0
+    assert mae["image_dependent_variance"] > 0 and "image_dependent_variance" in table
 
 
 def test_command_line_probes_the_pretrained_mae_and_its_random_twins(datalist, tmp_path, capsys):
@@ -166,3 +180,40 @@ def test_command_line_probes_the_pretrained_mae_and_its_random_twins(datalist, t
     assert list(rows) == ["MAE (pre-trained)", "MAE (random, seed 0)", "SAM (random, seed 0)"]
     assert json.loads((tmp_path / "probe.json").read_text())["class_names"] == ["squares", "bars"]
     assert "MAE (pre-trained)" in capsys.readouterr().out
+
+
+def test_command_line_probes_further_mae_files_and_names_a_bad_one(datalist, tmp_path, capsys):
+    untrained = export_untrained_encoder(tmp_path / "untrained.pt", "tiny", seed=0)
+    code = feature_probe.main(
+        [
+            "--datalist",
+            datalist,
+            "--mae-checkpoint",
+            str(untrained),
+            "--extra-mae",
+            f"MAE (step 0)={untrained}",
+            "--random-seeds",
+            "0",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 0
+    rows = json.loads((tmp_path / "out" / "probe.json").read_text())["encoders"]
+    assert list(rows) == ["MAE (pre-trained)", "MAE (step 0)", "MAE (random, seed 0)", "SAM (random, seed 0)"]
+    assert rows["MAE (step 0)"] == rows["MAE (pre-trained)"]  # the same file probes the same
+    for bad, message in ((f"x={tmp_path / 'missing.pt'}", "no file"), ("no-equals-sign", "NAME=PATH")):
+        with pytest.raises(SystemExit):
+            feature_probe.main(
+                [
+                    "--datalist",
+                    datalist,
+                    "--mae-checkpoint",
+                    str(untrained),
+                    "--extra-mae",
+                    bad,
+                    "--out",
+                    str(tmp_path / "bad"),
+                ]
+            )
+        assert message in capsys.readouterr().err

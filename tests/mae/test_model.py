@@ -150,6 +150,9 @@ def test_invalid_settings():
         MaskedAutoencoder(arch="vit_x")
     with pytest.raises(ValueError, match="norm_pix_loss"):
         MaskedAutoencoder(arch="tiny", norm_pix_loss="std")
+    # `--norm_pix_loss true` on monai.bundle's command line arrives as the text "true": refused with the fix
+    with pytest.raises(ValueError, match="write --norm_pix_loss True"):
+        MaskedAutoencoder(arch="tiny", norm_pix_loss="true")
     with pytest.raises(ValueError, match="decoder_embed_dim"):
         MaskedAutoencoder(arch="tiny", decoder_embed_dim=130)
     with pytest.raises(ValueError, match="one-channel"):

@@ -179,7 +179,7 @@ def _real_em_workflow(dataset_dir: Path, **override) -> ConfigWorkflow:
 
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_real_em_overlay_autocasts_in_bf16_only_where_the_cpu_runs_it_natively(native_bf16, monkeypatch, synthetic):
-    """pretrain_real_em.yaml: bf16 autocast on a CPU with native bf16 (the report's 0.42 s per step), float32 elsewhere."""
+    """pretrain_real_em.yaml: bf16 autocast on a CPU with native bf16 (0.42 s per step in the report), else float32."""
     from scsam_monai.networks import precision
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native_bf16)
