@@ -127,6 +127,12 @@ def test_pretraining_runs_beside_the_rows_without_mae_and_before_the_rows_with_i
     steps = {row[0] for row in timing[1:]}
     assert {"mae_pretraining", "seed_0/scsam", "seed_0/sam_only", "seed_0/mae_only", "seed_0/unet+dynunet"} <= steps
     assert "total (seeds 0; rows scsam sam_only mae_only unet+dynunet)" in steps
+    # step 5: the untrained start of the MAE is exported, then probed beside the pre-trained one
+    others = [rest for kind, what, rest in events if kind == "start" and what == "other"]
+    export = next(i for i, rest in enumerate(others) if "scsam_monai.mae.untrained" in rest)
+    probe = next(i for i, rest in enumerate(others) if "scsam_monai.experiments.feature_probe" in rest)
+    assert export < probe and f"--out {out}/mae_untrained_seed0.pt" in others[export]
+    assert f"--extra-mae MAE (untrained: step 0, seed 0)={out}/mae_untrained_seed0.pt" in others[probe]
 
     # a second invocation keeps what exists: no pre-training, no rows
     (stub_repo.parent / "stub.log").unlink()
