@@ -1,4 +1,4 @@
-"""Export an MAE encoder as pre-training starts it (step 0): the control that isolates what pre-training adds.
+"""Export an untrained MAE encoder (step 0): the control that isolates what pre-training adds.
 
 ``python -m scsam_monai.mae.untrained --arch tiny --seed 0 --out outputs/mae_untrained_seed0.pt``
 
@@ -6,8 +6,9 @@ The random twin of the experiments (``MAE* (random MAE)``, ``FrozenMaeEncoder(al
 randomly initialised ViT, whose position embedding is timm's small random initialisation. The pre-trained encoder
 starts from a different point: :class:`~scsam_monai.mae.MaskedAutoencoder` replaces that embedding with MAE's fixed
 sin-cos position code before the first step and never trains it. An MAE* row on this file (``--override
-mae_checkpoint=<it>``) therefore differs from the pre-trained MAE* row by the pre-training alone, and from the random
-twin by the position code alone (``docs/results_real_em.md``). The file has the format of the pre-training's export
+mae_checkpoint=<it>``) therefore differs from the pre-trained MAE* row by the pre-training (and the random draw of
+the start), and, with the twin's seed, from the random twin by the position code alone
+(``docs/results_real_em.md``). The file has the format of the pre-training's export
 (``MaskedAutoencoder.save_encoder``), with ``steps: 0`` in its record.
 """
 
@@ -24,7 +25,10 @@ __all__ = ["untrained_mae", "export_untrained_encoder", "main"]
 
 
 def untrained_mae(arch: str = "tiny", seed: int = 0, *, depth: int | None = None) -> MaskedAutoencoder:
-    """The MAE of ``arch`` as pre-training with ``seed`` builds it before its first step.
+    """The MAE of ``arch`` before any training step, built by the class pre-training builds, from ``seed``.
+
+    A pre-training run draws its own start from its RNG state (the bundle seeds it with ``set_determinism``), so this
+    is an untrained MAE of the same construction, not necessarily the very weights a given run started from.
 
     Args:
         arch: key of ``MAE_ARCHITECTURES``.

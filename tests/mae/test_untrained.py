@@ -9,12 +9,12 @@ from scsam_monai.mae.untrained import export_untrained_encoder, main, untrained_
 from scsam_monai.networks.encoders import FrozenMaeEncoder
 
 
-def test_export_is_the_pretraining_start_and_loads_in_the_frozen_encoder(tmp_path):
+def test_export_is_the_untrained_mae_and_loads_in_the_frozen_encoder(tmp_path):
     path = export_untrained_encoder(tmp_path / "mae_untrained.pt", "tiny", seed=3)
     start = untrained_mae("tiny", seed=3).encoder.state_dict()
     record = torch.load(path, weights_only=True)
     assert record["mae_architecture"]["steps"] == 0 and record["mae_architecture"]["seed"] == 3
-    for key, value in start.items():  # exactly the weights pre-training starts from
+    for key, value in start.items():  # exactly the untrained MAE's weights
         torch.testing.assert_close(record["state_dict"][key], value, rtol=0, atol=0)
 
     encoder = FrozenMaeEncoder(arch="tiny", checkpoint=path)
