@@ -16,7 +16,7 @@
 #   4. aggregates the seeds: mean and standard deviation over seeds of every score per row into OUT/summary.csv,
 #      OUT/summary.json and OUT/summary.md, with the difference MAE* - MAE* (random MAE) of the mean Dice per seed;
 #   5. probes the frozen features linearly (scsam_monai.experiments.feature_probe) into OUT/feature_probe: the
-#      pre-trained MAE, the same MAE untrained (step 0, scsam_monai.mae.untrained), its random twins, the random SAM.
+#      pre-trained MAE, an untrained MAE (step 0, scsam_monai.mae.untrained), its random twins, the random SAM.
 # Wall seconds of each step it runs are appended to OUT/timing.csv (the whole of seed 0 on 2 idle cores: 27.6 min).
 # SEEDS: comma-separated seeds (default 0,1,2). Steps whose outputs exist are skipped, so a run can be resumed or
 # extended with more seeds. Environment: DATA (the sample, default ../shared/data/drosophila-vnc-sstem from the
@@ -140,7 +140,7 @@ python -m scsam_monai.experiments.seeds "$OUT" "${SEED_LIST[@]}" --title "Real E
 
 if [ -f "$OUT/mae/mae_encoder.pt" ]; then
   log "5/5 linear probes of the frozen features into $OUT/feature_probe"
-  # beside the pre-trained MAE and its random twins: the same MAE as pre-training starts it (step 0, seed 0)
+  # beside the pre-trained MAE and its random twins: an untrained MAE of the same construction (step 0, seed 0)
   python -m scsam_monai.mae.untrained --arch tiny --seed 0 --out "$OUT/mae_untrained_seed0.pt" > /dev/null
   python -m scsam_monai.experiments.feature_probe --datalist "$OUT/data/datalist.json" \
     --mae-checkpoint "$OUT/mae/mae_encoder.pt" --out "$OUT/feature_probe" \

@@ -183,11 +183,12 @@ def probe_encoder(
     # how the raw features' variance is spread: the share of the first principal component, and the participation
     # ratio (sum of eigenvalues)^2 / sum of their squares, an effective number of directions
     eigen = torch.linalg.eigvalsh(torch.cov(f_train.double().T)).clamp_min(0.0)
+    per_image = f_train.reshape(len(x_train), grid * grid, -1)  # (images, positions, channels)
     spread = {
         "first_component_share": float(eigen[-1] / eigen.sum()),
         "participation_ratio": float(eigen.sum() ** 2 / (eigen**2).sum()),
-        "fixed_pattern_share": fixed_pattern_share(f_train.reshape(len(x_train), grid * grid, -1)),
-        "image_dependent_variance": image_dependent_variance(f_train.reshape(len(x_train), grid * grid, -1)),
+        "fixed_pattern_share": fixed_pattern_share(per_image),
+        "image_dependent_variance": image_dependent_variance(per_image),
     }
     mean, std = f_train.mean(0), f_train.std(0).clamp_min(1e-6)
     f_train, f_test = (f_train - mean) / std, (f_test - mean) / std

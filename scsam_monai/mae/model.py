@@ -23,6 +23,7 @@ from timm.models.vision_transformer import Block
 from ..atomic import atomic_write
 from ..networks.checkpoints import MAE_ARCHITECTURE_KEY
 from ..networks.encoders import MAE_PIXEL_MEAN, MAE_PIXEL_STD, build_mae_vit, mae_architecture
+from ..validation.errors import boolean_word_hint
 
 __all__ = [
     "MAE_DECODERS",
@@ -212,11 +213,7 @@ class MaskedAutoencoder(nn.Module):
         self.arch = arch
         self.mask_ratio = float(mask_ratio)
         if norm_pix_loss not in PIXEL_TARGETS:
-            hint = ""
-            if isinstance(norm_pix_loss, str) and norm_pix_loss.strip().lower() in ("true", "false"):
-                # monai.bundle's command line passes lower-case words as text (as for amp, validation.check_flags)
-                word = norm_pix_loss.strip().lower().capitalize()
-                hint = f" (the command line passes the word {norm_pix_loss!r} as text: write --norm_pix_loss {word})"
+            hint = boolean_word_hint("norm_pix_loss", norm_pix_loss)
             raise ValueError(f"norm_pix_loss must be true, false or 'mean', got {norm_pix_loss!r}{hint}.")
         self.norm_pix_loss: bool | str = norm_pix_loss if isinstance(norm_pix_loss, str) else bool(norm_pix_loss)
         self.pixel_mean = float(pixel_mean)

@@ -10,7 +10,7 @@ from typing import Any
 from .checkpoints import check_checkpoint
 from .config_keys import bundle_command_line, check_config_keys
 from .datalist import DatalistSplit, check_datalist, check_items
-from .errors import ConfigValidationError
+from .errors import ConfigValidationError, boolean_word_hint
 from .settings import check_class_names, check_head
 
 __all__ = ["validate_run", "check_data", "check_flags", "check_input", "require_input"]
@@ -126,11 +126,7 @@ def check_flags(flags: Mapping[str, Any]) -> list[str]:
     for name, value in flags.items():
         if isinstance(value, bool):
             continue
-        hint = ""
-        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-            word = value.strip().lower().capitalize()
-            hint = f" (the command line passes the word {value!r} as text: write --{name} {word})"
-        problems.append(f"{name} must be true or false, got {value!r}{hint}.")
+        problems.append(f"{name} must be true or false, got {value!r}{boolean_word_hint(name, value)}.")
     return problems
 
 
