@@ -5,7 +5,7 @@
     python scripts/download_betaseg.py --out data/betaseg_raw     # download, verify, unpack, write specs
     python scripts/download_betaseg.py --out data/betaseg_raw --archive betaseg.zip   # a copy fetched elsewhere
 
-Offline it stops at once with a message and writes nothing. See ``scsam_monai/data/betaseg.py``.
+Offline it stops at once with a message and writes nothing. See ``scsam_monai/preparation/betaseg.py``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from scsam_monai.data.betaseg import main  # noqa: E402
+from scsam_monai.preparation.betaseg import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())

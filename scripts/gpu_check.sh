@@ -28,7 +28,7 @@ bundle() {  # bundle RUN_ID CONFIGS... -- OVERRIDES...
 
 step environment python -c "import torch, monai, segment_anything, timm; print(torch.__version__, monai.__version__, \
 torch.cuda.get_device_name(0), 'bf16', torch.cuda.is_bf16_supported()); assert torch.cuda.is_available()"
-step synthetic_data python -c "from scsam_monai.data.synthetic import write_synthetic_dataset as w; \
+step synthetic_data python -c "from scsam_monai.synthetic import write_synthetic_dataset as w; \
 w('$work/data', num_train=16, num_val=4, num_test=4, size=256, seed=3)"
 # train.yaml turns AMP on when CUDA is there; the head trains in fp16 autocast with MONAI's GradScaler
 step amp_training bundle training --config_file "['$cfg/train.yaml','$cfg/demo.yaml']" \
@@ -49,7 +49,7 @@ step inference_wrote_labels test -s "$work/amp/predictions/predictions.json"
 # the SAM encoder's fast paths against segment-anything's float32 encoder (same weights): fused attention in fp32
 # and bf16, the memory-efficient and math SDPA kernels forced, torch.compile and CUDA graphs (reduce-overhead);
 # fails when a tolerance is exceeded; writes sam_check.json with times and fractions of the bf16 matmul rate
-step sam_fast_paths python -m scsam_monai.benchmark.sam_check --out "$out/sam_check" --batch 8 --repeats 5
+step sam_fast_paths python -m benchmarks.sam_check --out "$out/sam_check" --batch 8 --repeats 5
 cp "$out/sam_check/sam_check.json" "$out/" 2>/dev/null
 # MAE pre-training of mae_vit_512 on the shared ssTEM sample's training sections (issue: below 0.8 within 5 GPU
 # minutes); skipped when ../shared/data is absent; its loss curve and reconstructions land in OUT_DIR/mae_sstem

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write
-from .networks.checkpoints import load_head_weights
-from .networks.scsam import ScSAM, ScSAMHead
+from scsam_monai.atomic import atomic_write
+from scsam_monai.networks.checkpoints import load_head_weights
+from scsam_monai.networks.scsam import ScSAM, ScSAMHead
 
 __all__ = ["ConcatEmbeddingHead", "export_scsam_torchscript"]
 

@@ -33,9 +33,9 @@ from monai.inferers import Inferer
 from monai.transforms import MapTransform
 from torch import nn
 
-from .data import embedding_dataset
-from .data.normalize import check_image_normalization, normalize_slice, volume_window
-from .networks.scsam import ScSAM, ScSAMHead
+from scsam_monai.data import embedding_dataset
+from scsam_monai.data.normalize import check_image_normalization, normalize_slice, volume_window
+from scsam_monai.networks.scsam import ScSAM, ScSAMHead
 
 __all__ = [
     "NORMALIZATION_KEY",

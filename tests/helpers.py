@@ -21,7 +21,7 @@ from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-from scsam_monai.bundle_cli import CONFIGS_DIR, bundle_command
+from scsam_monai.bundle_command import CONFIGS_DIR, bundle_command
 
 __all__ = ["REAL_EM_SAMPLE", "SigkillAfterCheckpoint", "free_port", "run_bundle", "run_command", "train_preprocessing"]
 

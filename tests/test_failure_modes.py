@@ -1,4 +1,4 @@
-"""Failure modes (issue #10): bad input stops with a message naming the file and the problem, and no file read
+"""Failure modes: bad input stops with a message naming the file and the problem, and no file read
 by the package can run code.
 
 Readers and the datalist pipeline are fed truncated, corrupt, empty, constant, non-finite, 4D, wrongly typed,
@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from scsam_monai.data.embedding_dataset import precompute_embeddings
-from scsam_monai.data.readers import DataPreparationError, open_volume, read_image_2d
+from scsam_monai.io.readers import DataPreparationError, open_volume, read_image_2d
 from tests.helpers import train_preprocessing
 
 REPO = Path(__file__).resolve().parents[1]

@@ -44,27 +44,27 @@ CALL_TIMEOUT_S = 60  # per reader call; generous for 2 shared CPU cores, a hang 
 
 def _task(kind: str, args: tuple) -> tuple:
     """Run one call; return ("ok", summary) or ("error", ours, type name, message)."""
-    from scsam_monai.data.readers import DataPreparationError
+    from scsam_monai.io.readers import DataPreparationError
 
     try:
         if kind == "volume":
-            from scsam_monai.data.readers import open_volume
+            from scsam_monai.io.readers import open_volume
 
             with open_volume(*args) as volume:
                 array = volume.read()
             return "ok", (array.shape, array.dtype.str)
         if kind == "image2d":
-            from scsam_monai.data.readers import read_image_2d
+            from scsam_monai.io.readers import read_image_2d
 
             array = read_image_2d(*args)
             return "ok", (array.shape, array.dtype.str, array.tobytes())
         if kind == "datalist":
-            from scsam_monai.validation import check_datalist
+            from scsam_monai.startup_checks import check_datalist
 
             problems, counts = check_datalist(*args)
             return "ok", (problems, counts)
         if kind == "spec":
-            from scsam_monai.data.preparation import load_cells_spec
+            from scsam_monai.preparation import load_cells_spec
 
             cells, _ = load_cells_spec(*args)
             return "ok", len(cells)

@@ -20,9 +20,9 @@ import torch
 import yaml
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_net_in_out
 
-from scsam_monai.data.synthetic import write_synthetic_dataset
 from scsam_monai.model_zoo import NORMALIZATION_KEY, ScSAMBundleNetwork, recorded_normalization
 from scsam_monai.networks.scsam import ScSAM, ScSAMHead
+from scsam_monai.synthetic import write_synthetic_dataset
 
 CONFIGS = ("train.yaml", "inference.yaml", "demo.yaml")
 

@@ -15,7 +15,7 @@ Several cells, the paper's split (the last cell trains, the others validate)::
                 --mask granules=c1/granules.tif:nonzero \\
       --cell c2 --image c2/source.tif --mask nucleus=c2/nucleus.tif ... --out data/cells
 
-or the same cells from a YAML spec (``--spec cells.yaml``, see :func:`scsam_monai.data.preparation.load_cells_spec`).
+or the same cells from a YAML spec (``--spec cells.yaml``, see :func:`scsam_monai.preparation.load_cells_spec`).
 Cell options (``--cell``, ``--image``, ``--image-key``, ``--mask``, ``--mask-key``, ``--labels``,
 ``--labels-key``) belong to the cell being described: ``--cell NAME`` or a further ``--image`` starts the next.
 On any problem it prints one error naming the file and exits with status 2, having written nothing.
@@ -27,7 +27,8 @@ import argparse
 import sys
 from typing import Any
 
-from scsam_monai.data.preparation import (
+from scsam_monai.io.readers import DataPreparationError
+from scsam_monai.preparation import (
     SPLITS,
     CellSource,
     MaskSource,
@@ -37,7 +38,6 @@ from scsam_monai.data.preparation import (
     parse_ranges,
     prepare_dataset,
 )
-from scsam_monai.data.readers import DataPreparationError
 
 __all__ = ["build_parser", "main", "parse_mask"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from scsam_monai.data.synthetic import write_synthetic_dataset
+from scsam_monai.synthetic import write_synthetic_dataset
 
 __all__ = ["build_parser", "main"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_save_npy
+from scsam_monai.atomic import atomic_save_npy
 
 __all__ = ["EmbeddingCache", "array_sha256", "transform_fingerprint"]
 

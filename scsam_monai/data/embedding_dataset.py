@@ -13,9 +13,9 @@ from monai.transforms import Compose, Randomizable
 from torch import nn
 from tqdm.auto import tqdm
 
-from .embedding_cache import EmbeddingCache, array_sha256, transform_fingerprint
-from .readers import DataPreparationError
-from .transforms import LabelToMaskGridd, LoadCachedArrayd, as_size_tensor
+from scsam_monai.data.embedding_cache import EmbeddingCache, array_sha256, transform_fingerprint
+from scsam_monai.data.transforms import LabelToMaskGridd, LoadCachedArrayd, as_size_tensor
+from scsam_monai.io.readers import DataPreparationError
 
 __all__ = ["precompute_embeddings", "cached_embedding_dataset", "check_item", "EMBEDDING_KEYS"]
 

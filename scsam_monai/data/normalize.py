@@ -15,7 +15,7 @@ A volume's window runs from the ``lower`` to the ``upper`` percentile (0.5 and 9
 definition: linear interpolation between order statistics), so a few saturated or dead voxels do not set the
 contrast. It is measured streaming, slice by slice in bounded memory (:class:`PercentileAccumulator`,
 :func:`volume_window` over any iterable of slices, :func:`measure_volume_window` over a
-:class:`~scsam_monai.data.readers.Volume`, the same measurement as ``scsam-prepare``'s). Integer data up to 16
+:class:`~scsam_monai.io.readers.Volume`, the same measurement as ``scsam-prepare``'s). Integer data up to 16
 bits are counted in an exact histogram; wider integers and floats are sampled (every k-th voxel of each slice,
 at most ``max_samples`` values in all), which is exact for small volumes. Non-finite float values are ignored
 when measuring and become the window's low end when normalising.
@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .readers import DataPreparationError
+from scsam_monai.io.readers import DataPreparationError
 
 if TYPE_CHECKING:
-    from .readers import Volume
+    from scsam_monai.io.readers import Volume
 
 __all__ = [
     "PER_IMAGE_PERCENTILES",
@@ -242,7 +242,7 @@ def measure_volume_window(
     its own accumulator, merged at the end: the same counts, hence the same window.
 
     Args:
-        volume: the opened volume (:func:`~scsam_monai.data.readers.open_volume`).
+        volume: the opened volume (:func:`~scsam_monai.io.readers.open_volume`).
         indices: the slices to measure along ``axis``; None for all (as ``scsam-prepare`` without
             ``--middle-slices``).
         axis: slicing axis, 0 (z), 1 (y) or 2 (x).

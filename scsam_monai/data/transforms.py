@@ -9,8 +9,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from ..networks.geometry import resize_longest_and_pad
-from .readers import DataPreparationError, read_image_2d
+from scsam_monai.io.readers import DataPreparationError, read_image_2d
+from scsam_monai.networks.geometry import resize_longest_and_pad
 
 __all__ = [
     "LoadImage2Dd",
@@ -26,7 +26,7 @@ class LoadImage2Dd(MapTransform):
     """Read 2D images named under ``keys`` as ``(H, W)`` arrays (row-major, as the file stores them).
 
     MONAI's ``LoadImage`` returns 2D images transposed (W, H) by its ITK/PIL convention; reading through the
-    package's readers (:func:`~scsam_monai.data.readers.read_image_2d`: TIFF with tifffile, PNG/JPEG/BMP with
+    package's readers (:func:`~scsam_monai.io.readers.read_image_2d`: TIFF with tifffile, PNG/JPEG/BMP with
     Pillow, ...) keeps images, labels and written predictions in the same (H, W) orientation.
     The path is kept under ``<key>_path``.
 

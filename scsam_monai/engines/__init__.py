@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from . import batch, distributed, handlers, inference, resume, train_step, volume_inference
-from .batch import EmbeddingBatch
-from .train_step import ScSAMTrainStep
+from scsam_monai.engines import batch, distributed, handlers, inference_inputs, resume, train_step, volume_inference
+from scsam_monai.engines.batch import EmbeddingBatch
+from scsam_monai.engines.train_step import ScSAMTrainStep
 
 __all__ = [
     "batch",
     "distributed",
     "handlers",
-    "inference",
+    "inference_inputs",
     "resume",
     "train_step",
     "volume_inference",

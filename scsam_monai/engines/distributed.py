@@ -26,7 +26,7 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from tqdm._monitor import TMonitor
 
-from ..data.embedding_dataset import precompute_embeddings
+from scsam_monai.data.embedding_dataset import precompute_embeddings
 
 __all__ = [
     "DistributedError",

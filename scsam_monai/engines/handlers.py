@@ -16,9 +16,9 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
 
-from ..atomic import atomic_save_figure, atomic_write_json, atomic_write_text
-from ..data.palette import class_colour, colourise, display_image
-from ..networks.scsam import count_trainable_parameters
+from scsam_monai.atomic import atomic_save_figure, atomic_write_json, atomic_write_text
+from scsam_monai.networks.scsam import count_trainable_parameters
+from scsam_monai.palette import class_colour, colourise, display_image
 
 __all__ = [
     "PAPER_TRAINABLE_PARAMETERS",
@@ -267,7 +267,7 @@ class OverlayWriter:
         engine.add_event_handler(Events.COMPLETED, self._write)
 
     def _collect(self, engine: Engine) -> None:
-        from ..data.readers import read_image_2d
+        from scsam_monai.io.readers import read_image_2d
 
         outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
         paths = _batch_paths(engine)

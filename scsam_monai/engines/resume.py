@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from ..atomic import atomic_write
+from scsam_monai.atomic import atomic_write
 
 __all__ = ["RngState", "TrainingCheckpoint"]
 

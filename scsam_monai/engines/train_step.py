@@ -15,8 +15,8 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-from ..losses import ScSAMLoss
-from .batch import EmbeddingBatch
+from scsam_monai.engines.batch import EmbeddingBatch
+from scsam_monai.losses import ScSAMLoss
 
 __all__ = ["ScSAMTrainStep"]
 

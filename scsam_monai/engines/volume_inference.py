@@ -1,6 +1,6 @@
 """Streaming slice-wise inference: a volume of any number of slices through the full ScSAM in bounded memory.
 
-:func:`segment_slices` pulls 2D slices from a :class:`~scsam_monai.data.readers.Volume` or any iterable (a
+:func:`segment_slices` pulls 2D slices from a :class:`~scsam_monai.io.readers.Volume` or any iterable (a
 generator, a memory-mapped array, a list), normalises each one as the model was trained (``image_normalization``,
 see :mod:`scsam_monai.data.normalize`), runs the model on batches of slices, merges the per-class logits into label
 maps (:func:`~scsam_monai.data.transforms.merge_class_logits`) and hands every label map to a ``writer`` callback,
@@ -19,7 +19,7 @@ slice); no further label map reaches ``writer`` after a failure.
 
 Example::
 
-    from scsam_monai.data.readers import open_volume
+    from scsam_monai.io.readers import open_volume
     from scsam_monai.engines.volume_inference import segment_slices
 
     with open_volume("volume.tif") as volume:
@@ -39,15 +39,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data.normalize import (
+from scsam_monai.data.normalize import (
     IntensityWindow,
     SliceNormalizer,
     check_image_normalization,
     measure_volume_window,
     volume_window,
 )
-from ..data.readers import DataPreparationError, Volume
-from ..data.transforms import merge_class_logits
+from scsam_monai.data.transforms import merge_class_logits
+from scsam_monai.io.readers import DataPreparationError, Volume
 
 __all__ = ["segment_slices", "resolve_window", "volume_slices"]
 
@@ -302,7 +302,7 @@ def segment_slices(
     Args:
         model: image-to-logits model, ``(B, 1, H, W)`` in [0, 1] -> ``(B, C, H, W)`` (a
             :class:`~scsam_monai.networks.scsam.ScSAM`); it is put in eval mode.
-        slices: a :class:`~scsam_monai.data.readers.Volume` (its z slices; a failed read names the file and the
+        slices: a :class:`~scsam_monai.io.readers.Volume` (its z slices; a failed read names the file and the
             slice), or 2D slices ``(H, W)`` (or ``(1, H, W)``) consumed lazily, once; a generator is never
             materialised.
         writer: called as ``writer(index, label)`` for every slice, index from 0, label ``(H, W)`` uint8 (uint16
@@ -310,7 +310,7 @@ def segment_slices(
             ``probabilities=True`` (``(C, H, W)`` float32 sigmoid probabilities). Runs in the writer thread.
         batch_size: slices per model call (consecutive slices of one size; a slice of another size starts a new
             batch, so the last batch of a run may be partial); None for 8 on a GPU and 1 on a CPU (where bigger
-            batches are slower per slice, see ``docs/performance.md``).
+            batches are slower per slice, see ``benchmarks/README.md``).
         device: where the model runs; None for the device of the model's parameters.
         amp: autocast on CUDA (ignored on other devices).
         amp_dtype: autocast dtype; None for bfloat16 where the GPU supports it, else float16.

@@ -32,11 +32,11 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
-from .. import __version__
-from .bundle import BundleSettings
-from .datastore import CheckedLocalDatastore
-from .infer import ScSAMInferTask
-from .train import ScSAMTrainTask
+from scsam_monai import __version__
+from scsam_monai.label.bundle import BundleSettings
+from scsam_monai.label.datastore import CheckedLocalDatastore
+from scsam_monai.label.infer import ScSAMInferTask
+from scsam_monai.label.train import ScSAMTrainTask
 
 __all__ = ["ScSAMLabelApp"]
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
-from ..bundle_cli import BUNDLE_DIR
+from scsam_monai.bundle_command import BUNDLE_DIR
 
 __all__ = ["BundleSettings", "default_bundle_dir", "write_overrides"]
 

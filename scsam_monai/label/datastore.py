@@ -13,8 +13,8 @@ from typing import Any
 
 from monailabel.datastore.local import LocalDatastore
 
-from .infer import http_error
-from .uploads import ACCEPTED_SUFFIXES, UploadRejected, check_image, check_label
+from scsam_monai.label.infer import http_error
+from scsam_monai.label.uploads import ACCEPTED_SUFFIXES, UploadRejected, check_image, check_label
 
 __all__ = ["CheckedLocalDatastore"]
 

@@ -38,11 +38,11 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
 
-from ..data.normalize import measure_volume_window
-from ..data.readers import open_volume
-from ..engines.volume_inference import segment_slices
-from .bundle import BundleSettings
-from .uploads import UploadRejected, check_image
+from scsam_monai.data.normalize import measure_volume_window
+from scsam_monai.engines.volume_inference import segment_slices
+from scsam_monai.io.readers import open_volume
+from scsam_monai.label.bundle import BundleSettings
+from scsam_monai.label.uploads import UploadRejected, check_image
 
 __all__ = ["ScSAMInferTask", "ServedHeadConstants", "VolumeInfod", "http_error", "write_label"]
 
@@ -144,7 +144,7 @@ class ScSAMInferTask(BundleInferTask):
         model_path: the served head's weights (``model.pt``, written by the train task); may not exist yet.
         conf: the app's ``--conf`` settings (``preload``: ``true`` to load the network at start-up).
         description: shown by MONAI Label clients.
-        batch_size: slices per model call (None: 8 on a GPU, 1 on a CPU, see ``docs/performance.md``).
+        batch_size: slices per model call (None: 8 on a GPU, 1 on a CPU, see ``benchmarks/README.md``).
     """
 
     def __init__(

@@ -46,10 +46,10 @@ from monai.bundle import ConfigParser
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.bundle import BundleConstants, BundleTrainTask
 
-from ..data.readers import open_volume
-from ..model_zoo import recorded_normalization
-from .bundle import BundleSettings, write_overrides
-from .uploads import UploadRejected, check_image, check_label
+from scsam_monai.io.readers import open_volume
+from scsam_monai.label.bundle import BundleSettings, write_overrides
+from scsam_monai.label.uploads import UploadRejected, check_image, check_label
+from scsam_monai.model_zoo import recorded_normalization
 
 __all__ = ["ScSAMTrainConstants", "ScSAMTrainTask", "training_slices", "split_datalist"]
 

@@ -2,7 +2,7 @@
 
 A file that the model cannot use must come back to the client as a 4xx answer naming the problem, not as a
 server error (500) or, worse, a file that sits in the datastore and breaks the next training. The checks read
-files with the package's own readers (:func:`~scsam_monai.data.readers.open_volume`) and raise
+files with the package's own readers (:func:`~scsam_monai.io.readers.open_volume`) and raise
 :class:`UploadRejected` with an HTTP status:
 
 - 415 Unsupported Media Type: a file type the app does not accept (by its name);
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.readers import DataPreparationError, check_pixels, open_volume
+from scsam_monai.io.readers import DataPreparationError, check_pixels, open_volume
 
 __all__ = ["ACCEPTED_SUFFIXES", "UploadRejected", "accepted_suffix", "check_image", "check_label"]
 
@@ -79,7 +79,7 @@ def check_image(path: str | Path, *, name: str | None = None) -> tuple[int, int,
     """Check that ``path`` is a usable EM image: one single-channel 2D image or 3D stack of finite pixels.
 
     Args:
-        path: the file (its name decides the reader, as for :func:`~scsam_monai.data.readers.open_volume`).
+        path: the file (its name decides the reader, as for :func:`~scsam_monai.io.readers.open_volume`).
         name: how messages name the file (the client's file name or image id); defaults to ``path``.
 
     Returns:

@@ -6,19 +6,19 @@ The exported encoder (``bundle/models/mae_encoder.pt``) is what ``FrozenMaeEncod
 
 from __future__ import annotations
 
-from . import data, engine, handlers, model, resident
-from .data import LoadSlice2Dd, unlabelled_slices
-from .engine import PREDICT_NOTHING_KEY, MaeTrainStep, find_resume_checkpoint, warmup_cosine_schedule
-from .handlers import EncoderExporter, EngineState, EpochSeed, LossHistory, ReconstructionWriter
-from .model import MAE_DECODERS, MaskedAutoencoder, MaskedPatchLoss
-from .resident import ResidentCropLoader, ResidentSlices, load_resident_slices, steps_per_epoch
+from scsam_monai.mae import data, device_data, engine, handlers, model
+from scsam_monai.mae.data import LoadSlice2Dd, unlabelled_slices
+from scsam_monai.mae.device_data import ResidentCropLoader, ResidentSlices, load_resident_slices, steps_per_epoch
+from scsam_monai.mae.engine import PREDICT_NOTHING_KEY, MaeTrainStep, find_resume_checkpoint, warmup_cosine_schedule
+from scsam_monai.mae.handlers import EncoderExporter, EngineState, EpochSeed, LossHistory, ReconstructionWriter
+from scsam_monai.mae.model import MAE_DECODERS, MaskedAutoencoder, MaskedPatchLoss
 
 __all__ = [
     "data",
     "engine",
     "handlers",
     "model",
-    "resident",
+    "device_data",
     "MAE_DECODERS",
     "MaskedAutoencoder",
     "MaskedPatchLoss",

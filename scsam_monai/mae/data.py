@@ -1,7 +1,7 @@
 """Unlabelled EM slices for MAE pre-training: which slices, and reading one of them.
 
 A user's unlabelled data is a MONAI datalist (its images; labels are ignored), a folder of images (2D slices
-and/or 3D stacks), or one volume in any form :func:`scsam_monai.data.readers.open_volume` reads (a multi-page TIFF, a
+and/or 3D stacks), or one volume in any form :func:`scsam_monai.io.readers.open_volume` reads (a multi-page TIFF, a
 glob or folder of per-slice files, HDF5, N5/Zarr, NIfTI, ...): every z slice of a volume is one item.
 """
 
@@ -15,8 +15,8 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from ..data.preparation.splits import parse_ranges
-from ..data.readers import check_pixels, open_volume
+from scsam_monai.io.readers import check_pixels, open_volume
+from scsam_monai.preparation.splits import parse_ranges
 
 __all__ = ["unlabelled_slices", "read_slice", "LoadSlice2Dd"]
 
@@ -25,7 +25,7 @@ def read_slice(source: str | Path, index: int = 0, key: str | None = None) -> np
     """Read z slice ``index`` of an image or volume (a 2D image is slice 0).
 
     Args:
-        source: anything :func:`~scsam_monai.data.readers.open_volume` opens.
+        source: anything :func:`~scsam_monai.io.readers.open_volume` opens.
         index: z index.
         key: dataset key inside an HDF5 file or N5/Zarr container; None or "" for none.
 
@@ -119,7 +119,7 @@ def unlabelled_slices(
 class LoadSlice2Dd(MapTransform):
     """Read the slice an item names (``{"image": source, "slice": z, "key": ...}``) as an (H, W) array.
 
-    Any source :func:`~scsam_monai.data.readers.open_volume` reads; ``slice`` (default 0) is the z index, ``key`` the
+    Any source :func:`~scsam_monai.io.readers.open_volume` reads; ``slice`` (default 0) is the z index, ``key`` the
     dataset inside a container. The source is kept under ``<key>_path``.
 
     Args:

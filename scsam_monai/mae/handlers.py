@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from ..atomic import atomic_save_figure, atomic_write_json
+from scsam_monai.atomic import atomic_save_figure, atomic_write_json
 
 __all__ = ["EngineState", "EpochSeed", "LossHistory", "ReconstructionWriter", "EncoderExporter"]
 

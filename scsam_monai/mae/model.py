@@ -20,10 +20,10 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
-from ..atomic import atomic_write
-from ..networks.checkpoints import MAE_ARCHITECTURE_KEY
-from ..networks.encoders import MAE_PIXEL_MEAN, MAE_PIXEL_STD, build_mae_vit, mae_architecture
-from ..validation.errors import boolean_word_hint
+from scsam_monai.atomic import atomic_write
+from scsam_monai.networks.checkpoints import MAE_ARCHITECTURE_KEY
+from scsam_monai.networks.encoders import MAE_PIXEL_MEAN, MAE_PIXEL_STD, build_mae_vit, mae_architecture
+from scsam_monai.startup_checks.errors import boolean_word_hint
 
 __all__ = [
     "MAE_DECODERS",

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from .build import build_scsam_head
-from .encoders import FrozenMaeEncoder, FrozenSamEncoder
-from .fafm import FAFM, build_fusion
-from .prompt_encoder import ClassPromptEncoder
-from .scsam import ScSAM, ScSAMHead, count_trainable_parameters
+from scsam_monai.networks.build import build_scsam_head
+from scsam_monai.networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
+from scsam_monai.networks.fafm import FAFM, build_fusion
+from scsam_monai.networks.prompt_encoder import ClassPromptEncoder
+from scsam_monai.networks.scsam import ScSAM, ScSAMHead, count_trainable_parameters
 
 __all__ = [
     "build_scsam_head",

@@ -26,11 +26,11 @@ from typing import Any
 from segment_anything.modeling import PromptEncoder
 from torch import nn
 
-from .checkpoints import load_sam_decoder_weights
-from .fafm import build_fusion
-from .mask_decoder import build_mask_decoder
-from .prompt_encoder import ClassPromptEncoder
-from .scsam import ScSAMHead
+from scsam_monai.networks.checkpoints import load_sam_decoder_weights
+from scsam_monai.networks.fafm import build_fusion
+from scsam_monai.networks.mask_decoder import build_mask_decoder
+from scsam_monai.networks.prompt_encoder import ClassPromptEncoder
+from scsam_monai.networks.scsam import ScSAMHead
 
 __all__ = ["HEAD_KEYS", "PAPER_HEAD", "build_scsam_head", "build_sam_decoder_parts"]
 

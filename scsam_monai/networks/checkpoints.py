@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..hashing import sha256_file
+from scsam_monai.hashing import sha256_file
 
 __all__ = [
     "MAE_ARCHITECTURE_KEY",

@@ -24,10 +24,10 @@ import torch.nn as nn
 from segment_anything.modeling import ImageEncoderViT
 from timm.models.vision_transformer import VisionTransformer
 
-from .checkpoints import load_mae_checkpoint, load_sam_state_dict, sha256_file, submodule_state
-from .geometry import longest_side_size, pad_to_square, resize_longest
-from .precision import PRECISIONS, precision_context, resolve_precision
-from .sam_attention import SAM_ATTENTION_KINDS, sam_attention_kind, set_sam_attention
+from scsam_monai.networks.checkpoints import load_mae_checkpoint, load_sam_state_dict, sha256_file, submodule_state
+from scsam_monai.networks.geometry import longest_side_size, pad_to_square, resize_longest
+from scsam_monai.networks.precision import PRECISIONS, precision_context, resolve_precision
+from scsam_monai.networks.sam_attention import SAM_ATTENTION_KINDS, sam_attention_kind, set_sam_attention
 
 __all__ = [
     "SAM_ARCHITECTURES",
@@ -302,7 +302,7 @@ class FrozenSamEncoder(_FrozenEncoder):
             (bias build, residual adds, GELU, LayerNorm, window partitions) is fused, and the global blocks'
             attention runs chunked (:func:`.sam_attention.chunked_rel_pos_attention`): 3.1x segment-anything's
             float32 encoder for ViT-B on the build machine, after a one-time compile of about 1.5 minutes on
-            one core (see docs/performance.md). Weights are read at that first call: load checkpoints before it.
+            one core (see benchmarks/README.md). Weights are read at that first call: load checkpoints before it.
 
     Attributes:
         img_size: side of the square canvas (1024, 256 for "tiny").
@@ -499,7 +499,7 @@ class FrozenMaeEncoder(_FrozenEncoder):
             That response is the part of the features that does not depend on the image: mostly the position
             embeddings carried through the blocks. A pre-trained MAE with fixed sin-cos position embeddings can let
             it dominate its output (on the real-EM report's tiny MAE, 90% of the feature variance over the training
-            sections is this fixed pattern, against 21% for a random twin; ``docs/results_real_em.md``). There,
+            sections is this fixed pattern, against 21% for a random twin; ``experiments/results/real_em.md``). There,
             removing it did not help the head (MAE* test Dice 0.156 with it, 0.157 without, seed 0). Off by
             default (the paper embeds with the raw encoder output). The trained head does not record it: embed
             with the same setting at inference as in training (``mae_encoder#subtract_blank`` in both configs).

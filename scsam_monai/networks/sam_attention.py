@@ -17,7 +17,7 @@ checkpoints load strictly before or after the swap. :func:`set_sam_attention` sw
 When ``torch.compile`` traces it for a CPU, the large global blocks take :func:`chunked_rel_pos_attention` instead
 of SDPA: the same formula a chunk of query rows at a time, which Inductor turns into matmuls and one fused
 bias-plus-float32-softmax pass per chunk (faster than the CPU flash kernel at head dimension 64, and closer to
-float32; see docs/performance.md).
+float32; see benchmarks/README.md).
 """
 
 from __future__ import annotations

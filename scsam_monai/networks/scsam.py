@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from segment_anything.modeling import PromptEncoder
 from torch import nn
 
-from .fafm import FusionOutput
-from .geometry import unpad_and_resize
-from .prompt_encoder import ClassPromptEncoder, ClassPrompts
+from scsam_monai.networks.fafm import FusionOutput
+from scsam_monai.networks.geometry import unpad_and_resize
+from scsam_monai.networks.prompt_encoder import ClassPromptEncoder, ClassPrompts
 
 __all__ = ["ScSAMHead", "ScSAM", "count_trainable_parameters", "class_embeddings"]
 
@@ -79,7 +79,7 @@ class ScSAMHead(nn.Module):
         mae_channels: channels of the MAE embedding.
         canvas_size: side of the square encoder input the grid covers (1024 for SAM, 256 for "tiny").
         channels_last: run the fusion on channels-last tensors (a speed switch, same results; meant for cuDNN
-            with bf16/fp16; no gain measured on CPU, see ``docs/performance.md``).
+            with bf16/fp16; no gain measured on CPU, see ``benchmarks/README.md``).
 
     Example::
 

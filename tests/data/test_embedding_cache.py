@@ -9,9 +9,9 @@ from monai.transforms import Compose, RandScaleCropd, Resized
 
 from scsam_monai.data.embedding_cache import EmbeddingCache, transform_fingerprint
 from scsam_monai.data.embedding_dataset import cached_embedding_dataset, precompute_embeddings
-from scsam_monai.data.synthetic import write_synthetic_dataset
 from scsam_monai.engines.batch import EmbeddingBatch
 from scsam_monai.networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
+from scsam_monai.synthetic import write_synthetic_dataset
 from tests.helpers import train_preprocessing
 
 

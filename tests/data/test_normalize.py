@@ -23,8 +23,8 @@ from scsam_monai.data.normalize import (
     normalize_slice,
     volume_window,
 )
-from scsam_monai.data.preparation import CellSource, SplitSpec, prepare_dataset
-from scsam_monai.data.readers import DataPreparationError, Volume, open_volume, read_image_2d
+from scsam_monai.io.readers import DataPreparationError, Volume, open_volume, read_image_2d
+from scsam_monai.preparation import CellSource, SplitSpec, prepare_dataset
 
 RNG = np.random.default_rng(1)
 

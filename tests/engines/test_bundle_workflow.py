@@ -13,7 +13,7 @@ import pytest
 import tifffile
 import torch
 
-from scsam_monai.data.synthetic import write_synthetic_dataset
+from scsam_monai.synthetic import write_synthetic_dataset
 from tests.helpers import run_bundle
 
 pytestmark = pytest.mark.slow

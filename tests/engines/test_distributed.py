@@ -17,8 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from ignite.engine import Engine
 
-from scsam_monai.bundle_cli import bundle_command
-from scsam_monai.data.synthetic import write_synthetic_dataset
+from scsam_monai.bundle_command import bundle_command
 from scsam_monai.engines.distributed import (
     DistributedError,
     WeightConsistencyCheck,
@@ -27,6 +26,7 @@ from scsam_monai.engines.distributed import (
     parameter_fingerprint,
     sharded_precompute_embeddings,
 )
+from scsam_monai.synthetic import write_synthetic_dataset
 from tests.helpers import free_port, run_command
 
 

@@ -14,7 +14,7 @@ from ignite.engine import Engine, Events
 from scsam_monai.data.transforms import merge_class_logits
 from scsam_monai.engines.batch import EmbeddingBatch
 from scsam_monai.engines.handlers import LearningCurve, MetricsReport, OverlayWriter, TrainableParameterLogger
-from scsam_monai.engines.inference import image_list
+from scsam_monai.engines.inference_inputs import image_list
 from scsam_monai.metrics import SegmentationScoresHandler
 from scsam_monai.networks.build import build_scsam_head
 from scsam_monai.networks.checkpoints import load_head_weights

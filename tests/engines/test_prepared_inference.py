@@ -1,4 +1,4 @@
-"""One preprocessing from training to inference (issue 15, point 4): a model trained on ``scsam-prepare``'s slices
+"""One preprocessing from training to inference : a model trained on ``scsam-prepare``'s slices
 gives the same labels on the raw volume (``image_normalization="prepared"``: the volume's own window, measured
 streaming as ``scsam-prepare`` measures it) as on the slices ``scsam-prepare`` wrote from it.
 
@@ -18,7 +18,7 @@ from monai.data import load_decathlon_datalist
 from torch import nn
 
 from scsam_monai.cli.prepare import main as scsam_prepare
-from scsam_monai.engines.volume_writer import segment_inputs
+from scsam_monai.engines.inference_job import segment_inputs
 from tests.helpers import train_preprocessing
 
 DEPTH, TRAIN, SIZE = 6, 4, 64

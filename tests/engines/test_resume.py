@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 
-from scsam_monai.data.synthetic import write_synthetic_dataset
 from scsam_monai.engines.resume import RngState
+from scsam_monai.synthetic import write_synthetic_dataset
 from tests.helpers import run_bundle
 
 pytestmark = pytest.mark.slow

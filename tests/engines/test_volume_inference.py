@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from scsam_monai.data.normalize import measure_volume_window, normalize_slice, volume_window
-from scsam_monai.data.readers import DataPreparationError, Volume
 from scsam_monai.data.transforms import merge_class_logits
 from scsam_monai.engines.volume_inference import segment_slices
+from scsam_monai.io.readers import DataPreparationError, Volume
 from scsam_monai.networks.build import build_scsam_head
 from scsam_monai.networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
 from scsam_monai.networks.scsam import ScSAM

@@ -12,11 +12,11 @@ import tifffile
 import torch
 from torch import nn
 
-from scsam_monai.data.palette import class_colour, colourise
-from scsam_monai.data.readers import Volume, open_volume
-from scsam_monai.data.writers import open_writer
-from scsam_monai.engines import volume_writer
-from scsam_monai.engines.volume_writer import list_inputs, segment_inputs, segment_volume
+from scsam_monai.engines import inference_job
+from scsam_monai.engines.inference_job import list_inputs, segment_inputs, segment_volume
+from scsam_monai.io.readers import Volume, open_volume
+from scsam_monai.io.writers import open_writer
+from scsam_monai.palette import class_colour, colourise
 
 SPACING = (0.5, 0.01, 0.02)
 
@@ -129,7 +129,7 @@ def test_inference_overlay_colours_classes_with_the_evaluation_palette(tmp_path)
     image = np.linspace(0, 255, 16 * 12).reshape(16, 12).astype(np.uint8)
     label = np.zeros((16, 12), np.uint8)
     label[2:6, 2:6], label[8:12, 2:6], label[8:12, 7:11] = 1, 2, 3
-    path = volume_writer.write_overlay(tmp_path / "overlay.png", image, label, alpha=0.45)
+    path = inference_job.write_overlay(tmp_path / "overlay.png", image, label, alpha=0.45)
     rgb = np.asarray(Image.open(path).convert("RGB")).astype(np.float64)
     assert rgb.shape == (16, 24, 3)
     np.testing.assert_allclose(rgb[:, 12:], np.round(colourise(image, label, alpha=0.45) * 255), atol=1)
@@ -171,8 +171,8 @@ def test_volume_is_streamed_in_bounded_memory(tmp_path, monkeypatch):
     volume = Volume(
         source="generated", format="zarr", shape=(depth, h, w), dtype=np.uint8, read=read, spacing=SPACING, unit="µm"
     )
-    monkeypatch.setattr(volume_writer, "open_volume", lambda path, key=None: volume)
-    real_open_writer = volume_writer.open_writer
+    monkeypatch.setattr(inference_job, "open_volume", lambda path, key=None: volume)
+    real_open_writer = inference_job.open_writer
 
     def counting_writer(*args, **kwargs):
         writer = real_open_writer(*args, **kwargs)
@@ -185,7 +185,7 @@ def test_volume_is_streamed_in_bounded_memory(tmp_path, monkeypatch):
         writer.write = counted
         return writer
 
-    monkeypatch.setattr(volume_writer, "open_writer", counting_writer)
+    monkeypatch.setattr(inference_job, "open_writer", counting_writer)
     record = segment_volume(
         ThresholdModel(), "generated.zarr", tmp_path, batch_size=4, overlay_slices=None, progress=False
     )
@@ -230,7 +230,7 @@ def test_a_failed_run_leaves_no_partial_output_and_keeps_the_old_one(tmp_path, m
         return array[index]
 
     volume = Volume(source=str(tmp_path / name), format=fmt, shape=array.shape, dtype=array.dtype, read=read)
-    monkeypatch.setattr(volume_writer, "open_volume", lambda path, key=None: volume)
+    monkeypatch.setattr(inference_job, "open_volume", lambda path, key=None: volume)
     out = tmp_path / "out"
     out.mkdir()
     if fmt == "tiff":  # an older result stays until a complete new one replaces it

@@ -1,4 +1,4 @@
-"""Tests of ``scripts/run_experiments.py``'s argument parsing (``scsam_monai.experiments.cli``)."""
+"""Tests of ``scripts/run_experiments.py``'s argument parsing (``experiments.cli``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from scsam_monai.experiments.cli import _override
+from experiments.cli import _override
 
 
 @pytest.mark.parametrize(

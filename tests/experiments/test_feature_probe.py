@@ -1,4 +1,4 @@
-"""Tests of the linear feature probes (``scsam_monai.experiments.feature_probe``) on a small prepared datalist."""
+"""Tests of the linear feature probes (``experiments.feature_probe``) on a small prepared datalist."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from scsam_monai.experiments import feature_probe
-from scsam_monai.experiments.feature_probe import (
+from experiments import feature_probe
+from experiments.feature_probe import (
     fit_ridge,
     image_dependent_variance,
     patch_class_fractions,
@@ -22,7 +22,7 @@ from scsam_monai.experiments.feature_probe import (
     read_prepared_split,
     run_probe,
 )
-from scsam_monai.mae.untrained import export_untrained_encoder
+from experiments.mae_untrained import export_untrained_encoder
 from scsam_monai.networks.encoders import FrozenMaeEncoder
 
 SIZE, GRID = 64, 16  # 4-pixel patches, like the tiny encoders on their canvas

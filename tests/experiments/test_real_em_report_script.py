@@ -1,4 +1,4 @@
-"""The scheduling of ``scripts/real_em_report.sh``, run with a stub ``python`` (no training).
+"""The scheduling of ``experiments/real_em_report.sh``, run with a stub ``python`` (no training).
 
 The script pre-trains the MAE beside the row groups that do not embed with it (at a lower CPU priority) and starts
 the groups with ScSAM or MAE* only when the pre-training has finished. Here every command it runs is a stub that
@@ -129,8 +129,8 @@ def test_pretraining_runs_beside_the_rows_without_mae_and_before_the_rows_with_i
     assert "total (seeds 0; rows scsam sam_only mae_only unet+dynunet)" in steps
     # step 5: the untrained start of the MAE is exported, then probed beside the pre-trained one
     others = [rest for kind, what, rest in events if kind == "start" and what == "other"]
-    export = next(i for i, rest in enumerate(others) if "scsam_monai.mae.untrained" in rest)
-    probe = next(i for i, rest in enumerate(others) if "scsam_monai.experiments.feature_probe" in rest)
+    export = next(i for i, rest in enumerate(others) if "experiments.mae_untrained" in rest)
+    probe = next(i for i, rest in enumerate(others) if "experiments.feature_probe" in rest)
     assert export < probe and f"--out {out}/mae_untrained_seed0.pt" in others[export]
     assert f"--extra-mae MAE (untrained: step 0, seed 0)={out}/mae_untrained_seed0.pt" in others[probe]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from monai.bundle import ConfigParser
 
-from scsam_monai.bundle_cli import CONFIGS_DIR
-from scsam_monai.experiments.registry import GROUPS, METHODS, select_methods
-from scsam_monai.experiments.runner import PROFILES, _config_files, plan_row
+from experiments.registry import GROUPS, METHODS, select_methods
+from experiments.runner import PROFILES, _config_files, plan_row
+from scsam_monai.bundle_command import CONFIGS_DIR
 from scsam_monai.networks.scsam import count_trainable_parameters
 
 

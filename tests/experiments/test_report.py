@@ -7,7 +7,7 @@ import math
 
 from PIL import Image
 
-from scsam_monai.experiments.report import (
+from experiments.report import (
     budget_lines,
     format_markdown,
     plot_learning_curves,

@@ -13,8 +13,8 @@ import sys
 import pytest
 from PIL import Image
 
-from scsam_monai.data.synthetic import write_synthetic_dataset
-from scsam_monai.experiments.registry import GROUPS, METHODS
+from experiments.registry import GROUPS, METHODS
+from scsam_monai.synthetic import write_synthetic_dataset
 from tests.helpers import run_command
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ def experiments(tmp_path_factory, repo_root):
     out = root / "out"
     cmd = [sys.executable, str(repo_root / "scripts" / "run_experiments.py"), "--datalist", str(datalist)]
     cmd += ["--profile", "tiny", "--out", str(out)]
-    # its wall time is a target (10 min on 2 cores; docs/experiments.md lists measured times), not a test
+    # its wall time is a target (10 min on 2 cores; experiments/README.md lists measured times), not a test
     run_command(cmd, cwd=root, env={"PYTHONWARNINGS": "ignore"}, timeout=1800)
     return out
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from scsam_monai.experiments.datalists import cross_dataset_datalists, prepare_datalist, split_subsets
-from scsam_monai.experiments.supervised import CanvasInferer
+from experiments.datalists import cross_dataset_datalists, prepare_datalist, split_subsets
+from scsam_monai.baselines.supervised import CanvasInferer
 
 
 def _items(prefix, n, **extra):

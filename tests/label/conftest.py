@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from scsam_monai.data.synthetic import write_synthetic_dataset
+from scsam_monai.synthetic import write_synthetic_dataset
 from tests.helpers import free_port
 
 IMAGE_SIZE = 96

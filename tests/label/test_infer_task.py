@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 from fastapi import HTTPException  # noqa: E402
 from monailabel.tasks.infer.bundle import BundleInferTask  # noqa: E402
 
-from scsam_monai.data.readers import open_volume  # noqa: E402
+from scsam_monai.io.readers import open_volume  # noqa: E402
 from scsam_monai.label.bundle import BundleSettings  # noqa: E402
 from scsam_monai.label.infer import ScSAMInferTask, write_label  # noqa: E402
 from scsam_monai.model_zoo import record_normalization  # noqa: E402

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from scsam_monai.data.readers import open_volume
+from scsam_monai.io.readers import open_volume
 
 from .conftest import IMAGE_SIZE, LabelServer, bad_files, make_studies
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scsam_monai.data.readers import open_volume
+from scsam_monai.io.readers import open_volume
 
 from .conftest import IMAGE_SIZE, LabelServer
 

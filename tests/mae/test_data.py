@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from scsam_monai.data.synthetic import write_synthetic_dataset
 from scsam_monai.mae.data import LoadSlice2Dd, read_slice, unlabelled_slices
+from scsam_monai.synthetic import write_synthetic_dataset
 
 
 def test_datalist_images_of_training_and_validation_labels_ignored(tmp_path):

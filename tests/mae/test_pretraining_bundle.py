@@ -14,9 +14,9 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
-from scsam_monai.data.synthetic import write_synthetic_dataset
 from scsam_monai.networks.encoders import FrozenMaeEncoder
 from scsam_monai.networks.precision import cpu_has_native_bf16
+from scsam_monai.synthetic import write_synthetic_dataset
 from tests.helpers import REAL_EM_SAMPLE as REAL_EM
 from tests.helpers import run_bundle
 

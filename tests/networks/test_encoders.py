@@ -614,7 +614,7 @@ def test_sam_checkpoint_loads_strictly_into_the_fused_encoder(tmp_path):
 
 def _position_share(features: torch.Tensor) -> float:
     """The feature probe's fixed-pattern share of embeddings (N, C, g, g)."""
-    from scsam_monai.experiments.feature_probe import fixed_pattern_share
+    from experiments.feature_probe import fixed_pattern_share
 
     return fixed_pattern_share(features.flatten(2).transpose(1, 2))
 

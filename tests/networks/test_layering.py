@@ -8,7 +8,10 @@ from pathlib import Path
 import scsam_monai.networks
 
 NETWORKS = Path(scsam_monai.networks.__file__).parent
-ABOVE = ("engines", "experiments", "label", "validation", "benchmark", "export", "mae", "cli", "data")
+ABOVE = (
+    "engines", "label", "startup_checks", "baselines", "export", "mae", "cli", "data", "io", "preparation",
+    "synthetic", "palette", "model_zoo", "bundle_command",
+)
 
 
 def _imported_modules(path: Path) -> list[str]:
@@ -40,10 +43,12 @@ def test_networks_import_no_module_of_a_layer_above():
 
 def test_the_layering_check_sees_relative_and_absolute_imports(tmp_path):
     module = tmp_path / "probe.py"
-    module.write_text("from ..engines.checkpoint import x\nfrom .. import validation\nimport scsam_monai.label.app\n")
+    module.write_text(
+        "from ..engines.checkpoint import x\nfrom .. import startup_checks\nimport scsam_monai.label.app\n"
+    )
     assert _imported_modules(module) == [
         "scsam_monai.engines.checkpoint",
         "scsam_monai",
-        "scsam_monai.validation",
+        "scsam_monai.startup_checks",
         "scsam_monai.label.app",
     ]
