@@ -1,4 +1,8 @@
-"""Benchmark profiles: which encoders, how many images, repeats and slices each section uses."""
+"""Benchmark profiles: which encoders, how many images, repeats and slices each section of the speed benchmark uses.
+
+Not the experiment runner's profiles (``experiments.runner.ExperimentProfile``: data, training budget and rows of
+the accuracy experiments); the two share only the names "tiny" and "full".
+"""
 
 from __future__ import annotations
 

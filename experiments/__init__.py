@@ -6,6 +6,5 @@
 from __future__ import annotations
 
 from experiments.registry import GROUPS, METHODS, Method, select_methods
-from scsam_monai.baselines.planning import plan_dynunet
 
-__all__ = ["GROUPS", "METHODS", "Method", "plan_dynunet", "select_methods"]
+__all__ = ["GROUPS", "METHODS", "Method", "select_methods"]

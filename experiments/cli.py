@@ -127,3 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_experiments: failed rows: {', '.join(failed)} (see results.md)", file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,14 +1,14 @@
 """A CPU check that MAE pre-training learns on real EM: the bundle's recipe with a CPU-sized ViT.
 
 ``python -m experiments.mae_learning_check --out experiments/results/mae_learning_check`` runs the bundle's
-``pretraining``
-(``pretrain_mae.yaml`` + ``pretrain_sstem.yaml``: sections 0-14 of the shared ssTEM sample, normalised targets,
-mask ratio 0.5, the step schedule) with a ViT small enough for a CPU (:data:`CPU_CHECK_ARCH`: 64 wide, one block,
-32x32 crops of 4-pixel patches at the tiny arch's canvas scale) and writes the loss curve (JSON + PNG, with the
+``pretraining`` (``pretrain_mae.yaml`` + ``experiments/configs/pretrain_sstem.yaml``: sections 0-14 of the shared
+ssTEM sample, normalised targets, mask ratio 0.5, the step schedule) with a ViT small enough for a CPU
+(:data:`CPU_CHECK_ARCH`: 64 wide, one block, 32x32 crops of 4-pixel patches at the tiny arch's canvas scale) and
+writes the loss curve (JSON + PNG, with the
 predict-nothing level) and the reconstructions. The real archs cost 10-100 times more per step; what this shows
 is that the recipe and the code leave the predict-nothing plateau on this data, not how good a 512-wide encoder
 gets. The architecture is registered in ``MAE_ARCHITECTURES`` only while the check runs (ScSAM cannot embed with
-a 64-wide encoder); ``tests/mae/test_sstem_learning.py`` runs the same function.
+a 64-wide encoder); ``tests/experiments/test_mae_learning_check.py`` runs the same function.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from scsam_monai.networks import encoders
 
 __all__ = ["CPU_CHECK_ARCH", "CPU_CHECK_SETTINGS", "cpu_check_arch", "run_learning_check", "main"]
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 SSTEM_RAW = REPO.parent / "shared" / "data" / "drosophila-vnc-sstem" / "raw"
 
 #: The CPU-sized ViT of the check (name ``"cpu_check"``).
@@ -93,7 +93,7 @@ def run_learning_check(
         raise FileNotFoundError(f"{image_dir}: the ssTEM sections are not there (../shared/data of the repository).")
     out = Path(out_dir)
     scratch = Path(tempfile.mkdtemp(prefix="mae_check_")) if work_dir is None else Path(work_dir)
-    configs = [str(REPO / "bundle/configs/pretrain_mae.yaml"), str(REPO / "bundle/configs/pretrain_sstem.yaml")]
+    configs = [str(REPO / "bundle/configs/pretrain_mae.yaml"), str(REPO / "experiments/configs/pretrain_sstem.yaml")]
     settings = {
         **CPU_CHECK_SETTINGS,
         "image_dir": str(image_dir),

@@ -75,7 +75,7 @@ elif [ ! -f "$mae_final" ]; then
   (
     t0=$SECONDS
     python -m monai.bundle run pretraining --meta_file bundle/configs/metadata.json \
-      --config_file "['bundle/configs/pretrain_mae.yaml','bundle/configs/pretrain_real_em.yaml']" \
+      --config_file "['bundle/configs/pretrain_mae.yaml','experiments/configs/pretrain_real_em.yaml']" \
       --logging_file bundle/configs/logging.conf \
       --dataset_dir "$OUT/data" --output_dir "$OUT/mae" --seed 0 > "$OUT/mae_pretraining.log" 2>&1
     echo "mae_pretraining,$((SECONDS - t0))" >> "$OUT/timing.csv"

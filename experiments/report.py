@@ -12,7 +12,7 @@ import numpy as np
 
 from experiments.registry import GROUPS
 from scsam_monai.atomic import atomic_save_figure, atomic_write_text
-from scsam_monai.engines.handlers import _matplotlib
+from scsam_monai.engines.curves import headless_pyplot
 from scsam_monai.palette import class_colour, colourise, display_image
 
 __all__ = [
@@ -186,7 +186,7 @@ def plot_learning_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], pa
     (ScSAM's cached views against the supervised rows' one view) share the samples axis; without ``samples``
     for every curve the axis is the epoch.
     """
-    plt = _matplotlib()
+    plt = headless_pyplot()
     fig, ax = plt.subplots(figsize=(9, 5))
     colours = plt.get_cmap("tab20")
     by_samples = bool(curves) and all("samples" in c for c in curves.values())
@@ -213,7 +213,7 @@ def plot_qualitative(
     path: str | Path,
 ) -> Path:
     """A grid with one row per test image: image | ground truth | each method's prediction (class overlays)."""
-    plt = _matplotlib()
+    plt = headless_pyplot()
     titles = ["image", "ground truth", *predictions]
     rows, cols = len(images), len(titles)
     fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.0 * rows + 0.5), squeeze=False)

@@ -46,16 +46,16 @@ from scsam_monai.baselines.supervised import SupervisedPredictor
 from scsam_monai.baselines.zero_shot import AMG_SETTINGS, evaluate_zero_shot
 from scsam_monai.bundle_command import BUNDLE_DIR, CONFIGS_DIR, bundle_command
 from scsam_monai.networks.checkpoints import load_head_weights
-from scsam_monai.networks.scsam import ScSAM, count_trainable_parameters
+from scsam_monai.networks.scsam import count_trainable_parameters
 
-__all__ = ["PROFILES", "overlay_path", "plan_row", "run_experiments"]
+__all__ = ["PROFILES", "ExperimentProfile", "overlay_path", "plan_row", "run_experiments"]
 
 logger = logging.getLogger(__name__)
 
 VARIANTS_DIR = CONFIGS_DIR / "variants"
 """The bundle's variant overlays (ablation heads, baselines, early stopping): options users run too."""
 PROFILES_DIR = Path(__file__).resolve().parent / "configs"
-"""The bench's own overlays: the profiles and the random-MAE control, which only the experiments run."""
+"""The bench's own overlays: the profiles' bundle settings and the random-MAE control, run only by the bench."""
 BUDGET_OVERLAY = "budget.yaml"
 
 
@@ -64,35 +64,71 @@ def overlay_path(name: str) -> Path:
     own = PROFILES_DIR / name
     return own if own.is_file() else VARIANTS_DIR / name
 
-#: Per profile: its overlay (last in every row's config list); items kept per split (None: all); test images in the
-#: qualitative figure; the training budget in samples per training slice (one sample = one augmented view of one
-#: slice; every trainable row gets it); early stopping's patience in validations (0: none); the methods run when
-#: neither ``methods`` nor ``groups`` is given (None: all).
-PROFILES: dict[str, dict[str, Any]] = {
-    "tiny": {
-        "overlay": "tiny.yaml",
-        "max_items": {"training": 4, "validation": 2, "test": 3},
-        "qualitative": 2,
-        "budget_per_slice": 4,  # ScSAM rows: 2 epochs of 2 views; supervised rows: 4 epochs
-        "patience": 0,
-        "methods": None,
-    },
-    "small": {
-        "overlay": "small.yaml",
-        "max_items": None,
-        "qualitative": 4,
-        "budget_per_slice": 32,  # ScSAM rows: 8 epochs of 4 views; supervised rows: 32 epochs
-        "patience": 4,
-        "methods": ("scsam", "sam_only", "mae_only", "mae_only_random", "unet", "dynunet"),
-    },
-    "full": {
-        "overlay": "full.yaml",
-        "max_items": None,
-        "qualitative": 4,
-        "budget_per_slice": 400,  # ScSAM rows: 100 epochs of 4 views; supervised rows: 400 epochs
-        "patience": 10,
-        "methods": None,
-    },
+
+@dataclass(frozen=True)
+class ExperimentProfile:
+    """One profile of the experiment runner: how much data, budget and which rows (not a benchmark profile).
+
+    A profile has two halves, each with one home: the bundle settings its rows train with are the overlay
+    ``experiments/configs/<name>.yaml`` (last in every row's config list, so a rerun command carries them), and
+    the runner's own settings are these fields. ``benchmarks.profiles.BenchmarkProfile`` is another thing: the
+    sizes and repeats of the speed benchmark.
+
+    Args:
+        name: the profile's name, also the stem of its overlay.
+        max_items: items kept per split (None: all).
+        qualitative: test images in the qualitative figure.
+        budget_per_slice: training samples per training slice that every trainable row gets (one sample = one
+            augmented view of one slice).
+        patience: early stopping's patience in validations (0: none).
+        methods: the methods run when neither ``methods`` nor ``groups`` is given (None: all).
+        amg_profile: the zero-shot row's generator settings (``amg_profile`` of ``variants/zero_shot_sam.yaml``):
+            ``"tiny"`` (few points, SAM's confidence filters off: a random SAM passes none of them) or ``"full"``.
+    """
+
+    name: str
+    max_items: dict[str, int] | None
+    qualitative: int
+    budget_per_slice: int
+    patience: int
+    methods: tuple[str, ...] | None = None
+    amg_profile: str = "full"
+
+    @property
+    def overlay(self) -> Path:
+        """The profile's bundle overlay, ``experiments/configs/<name>.yaml``."""
+        return PROFILES_DIR / f"{self.name}.yaml"
+
+
+#: The experiment runner's profiles (``--profile``); their bundle settings are ``experiments/configs/<name>.yaml``.
+PROFILES: dict[str, ExperimentProfile] = {
+    profile.name: profile
+    for profile in (
+        ExperimentProfile(
+            name="tiny",
+            max_items={"training": 4, "validation": 2, "test": 3},
+            qualitative=2,
+            budget_per_slice=4,  # ScSAM rows: 2 epochs of 2 views; supervised rows: 4 epochs
+            patience=0,
+            amg_profile="tiny",
+        ),
+        ExperimentProfile(
+            name="small",
+            max_items=None,
+            qualitative=4,
+            budget_per_slice=32,  # ScSAM rows: 8 epochs of 4 views; supervised rows: 32 epochs
+            patience=4,
+            methods=("scsam", "sam_only", "mae_only", "mae_only_random", "unet", "dynunet"),
+            amg_profile="tiny",
+        ),
+        ExperimentProfile(
+            name="full",
+            max_items=None,
+            qualitative=4,
+            budget_per_slice=400,  # ScSAM rows: 100 epochs of 4 views; supervised rows: 400 epochs
+            patience=10,
+        ),
+    )
 }
 
 
@@ -139,7 +175,7 @@ def _config_files(method: Method, profile: str) -> list[str]:
     files = [CONFIGS_DIR / "train.yaml", *(overlay_path(o) for o in method.overlays)]
     if method.kind != "zero_shot":
         files.append(overlay_path(BUDGET_OVERLAY))
-    return [str(f) for f in (*files, overlay_path(PROFILES[profile]["overlay"]))]
+    return [str(f) for f in (*files, PROFILES[profile].overlay)]
 
 
 def plan_row(method: Method, files: Sequence[str], overrides: Mapping[str, Any], budget_per_slice: int) -> BudgetPlan:
@@ -217,17 +253,12 @@ def _train_row(method: Method, name: str, datalist: Path, ctx: Context) -> tuple
     trainable = count_trainable_parameters(network)
     load_head_weights(network, run_dir / "models" / "model.pt")  # the best validation epoch's weights
     if method.kind == "scsam":
-        streams = parser.get_parsed_content("head#streams")
-        model = ScSAM(
-            sam_encoder=parser.get_parsed_content("sam_encoder") if streams != "mae_only" else None,
-            mae_encoder=parser.get_parsed_content("mae_encoder") if streams != "sam_only" else None,
-            head=network,
-        )
+        model = parser.get_parsed_content("network_def")  # the image-in ScSAM; its head is `network`, trained
         predictor = ScSAMPredictor(model, device=ctx.device)
     else:
         predictor = SupervisedPredictor(network, parser.get_parsed_content("canvas_size"), device=ctx.device)
     evaluation = evaluate_predictor(
-        predictor, ctx.items(datalist), ctx.num_classes, keep=PROFILES[ctx.profile]["qualitative"]
+        predictor, ctx.items(datalist), ctx.num_classes, keep=PROFILES[ctx.profile].qualitative
     )
     record = {
         "trainable_parameters": trainable,
@@ -261,7 +292,8 @@ def _zero_shot_row(name: str, datalist: Path, ctx: Context) -> tuple[dict, Evalu
     method = next(m for m in METHODS if m.kind == "zero_shot")
     run_dir = ctx.out / "runs" / name
     files = _config_files(method, ctx.profile)
-    overrides = {**ctx.overrides, "datalist": str(datalist), "output_dir": str(run_dir)}
+    profile = {"amg_profile": PROFILES[ctx.profile].amg_profile}  # only this row has the generator's settings
+    overrides = {**profile, **ctx.overrides, "datalist": str(datalist), "output_dir": str(run_dir)}
     workflow = ConfigWorkflow(config_file=files, meta_file=str(CONFIGS_DIR / "metadata.json"), **overrides)
     workflow.initialize()
     parser = workflow.parser
@@ -280,7 +312,7 @@ def _zero_shot_row(name: str, datalist: Path, ctx: Context) -> tuple[dict, Evalu
         class_names=ctx.class_names,
         settings=AMG_SETTINGS[amg],
         output_dir=run_dir,
-        keep=PROFILES[ctx.profile]["qualitative"],
+        keep=PROFILES[ctx.profile].qualitative,
     )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {
@@ -382,7 +414,7 @@ def run_experiments(
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     source = Path(datalist).resolve()
-    data = prepare_datalist(source, out / "datalist.json", PROFILES[profile]["max_items"])
+    data = prepare_datalist(source, out / "datalist.json", PROFILES[profile].max_items)
     base_overrides: dict[str, Any] = {
         "bundle_root": str(BUNDLE_DIR),
         "seed": int(seed),
@@ -395,7 +427,7 @@ def run_experiments(
         base_overrides["device"] = f"$torch.device('{device}')"
     base_overrides.update(overrides or {})
     base = ConfigParser()
-    base.read_config([str(CONFIGS_DIR / "train.yaml"), str(overlay_path(PROFILES[profile]["overlay"]))])
+    base.read_config([str(CONFIGS_DIR / "train.yaml"), str(PROFILES[profile].overlay)])
     base.update({**base_overrides, "datalist": str(out / "datalist.json")})
     class_names = list(base.get_parsed_content("class_names"))
     ctx = Context(
@@ -407,11 +439,11 @@ def run_experiments(
         class_names=class_names,
         device=base.get_parsed_content("device"),
         base=base,
-        budget_per_slice=int(budget_per_slice or PROFILES[profile]["budget_per_slice"]),
-        patience=int(PROFILES[profile]["patience"] if patience is None else patience),
+        budget_per_slice=int(budget_per_slice or PROFILES[profile].budget_per_slice),
+        patience=int(PROFILES[profile].patience if patience is None else patience),
     )
-    if not methods and not groups and PROFILES[profile]["methods"]:
-        methods = list(PROFILES[profile]["methods"])
+    if not methods and not groups and PROFILES[profile].methods:
+        methods = list(PROFILES[profile].methods)
     selected = select_methods(list(methods) if methods else None, list(groups) if groups else None)
     records: list[dict] = []
     examples: dict[str, list[np.ndarray]] = {}
@@ -464,7 +496,7 @@ def run_experiments(
         if r.get("curve") and "cross_dataset" not in r["groups"]
     }
     paths["learning_curves.png"] = plot_learning_curves(curves, out / "learning_curves.png")
-    test_items = ctx.items(out / "datalist.json")[: PROFILES[profile]["qualitative"]]
+    test_items = ctx.items(out / "datalist.json")[: PROFILES[profile].qualitative]
     paths["qualitative.png"] = plot_qualitative(
         [i.image[0].numpy() for i in test_items],
         [i.label for i in test_items],

@@ -5,7 +5,7 @@ that finished has written ``OUT/seed_<k>/runs/<method>/row.json`` (its scores an
 seed cut short still contributes the rows it finished. This module reads those records and writes, per row, the
 mean and sample standard deviation over seeds of Dice and IoU per class, the mean Dice, pooled IoU, mcIoU,
 Challenge IoU and AJI, and the difference "MAE* - MAE* (random MAE)" of the mean Dice, seed by seed: the measure
-of what the EM pre-training of the MAE adds (issue goal: at least 0.05 over at least 3 seeds).
+of what the EM pre-training of the MAE adds (the report's question: at least 0.05 over at least 3 seeds).
 
 Run: ``python -m experiments.seed_summary OUT SEED [SEED ...]``.
 """

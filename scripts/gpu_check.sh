@@ -2,7 +2,7 @@
 # Checks that need a CUDA GPU (the test suite runs on CPUs only): tiny training with AMP on the GPU, a
 # one-rank NCCL run of the multi-GPU overlay, segmenting a stack, the SAM encoder's GPU paths (fused attention
 # kernels, torch.compile, CUDA graphs) against segment-anything's encoder, and the full-profile benchmark.
-# Usage: bash scripts/gpu_check.sh OUT_DIR   (the project importable: installed, or on PYTHONPATH)
+# Usage: bash scripts/gpu_check.sh OUT_DIR   (the project installed, e.g. by scripts/test.sh; runs from the repo root)
 # About 12-15 minutes on one H100/H200 (estimate, unmeasured: compiling the SAM encoder twice 1-3 min, MAE 5 min). Writes
 # OUT_DIR/gpu_check.log, sam_check.json, benchmark.json/.md, learning_curve.png.
 set -uo pipefail
@@ -10,6 +10,8 @@ out=${1:?usage: gpu_check.sh OUT_DIR}
 mkdir -p "$out"
 work=$(mktemp -d)
 root=$(cd "$(dirname "$0")/.." && pwd)
+out=$(mkdir -p "$out" && cd "$out" && pwd)  # absolute: the checks run from the repository root
+cd "$root"  # the bench (python -m benchmarks...) is imported from the repository root, not installed
 cfg="$root/bundle/configs"
 log="$out/gpu_check.log"
 export PYTHONUNBUFFERED=1
@@ -55,7 +57,7 @@ cp "$out/sam_check/sam_check.json" "$out/" 2>/dev/null
 # minutes); skipped when ../shared/data is absent; its loss curve and reconstructions land in OUT_DIR/mae_sstem
 if [ -d "$root/../shared/data/drosophila-vnc-sstem/raw" ]; then
   step mae_sstem_vit512 bundle pretraining \
-    --config_file "['$cfg/pretrain_mae.yaml','$cfg/pretrain_sstem.yaml']" --mae_arch mae_vit_512 \
+    --config_file "['$cfg/pretrain_mae.yaml','$root/experiments/configs/pretrain_sstem.yaml']" --mae_arch mae_vit_512 \
     --batch_size 256 --max_steps 3500 --learning_rate 0.001 --warmup_steps 500 --steps_per_epoch 100 \
     --png_interval 5 --num_workers 4 --output_dir "$out/mae_sstem"
 fi

@@ -67,7 +67,7 @@ def check_weights(path: Path) -> None:
     """
     import torch
 
-    from scsam_monai.model_zoo import NORMALIZATION_KEY, recorded_normalization
+    from scsam_monai.data.preprocessing import PREPROCESSING_KEY, ImagePreprocessing
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file not found.")
@@ -77,9 +77,9 @@ def check_weights(path: Path) -> None:
         raise ValueError(f"{path}: cannot be read as a weights-only checkpoint ({err}).") from err
     if not isinstance(state, dict) or not any(str(k).startswith("mask_decoder.") for k in state):
         raise ValueError(f"{path}: not a trained ScSAM head's state dict (models/model.pt as training writes it).")
-    if recorded_normalization(state) is None:
+    if ImagePreprocessing.recorded(state) is None:
         raise ValueError(
-            f"{path}: records no {NORMALIZATION_KEY}; weights saved before it was recorded cannot be packaged "
+            f"{path}: records no {PREPROCESSING_KEY}; weights saved before it was recorded cannot be packaged "
             "(the Model Zoo user could not know how to normalise images). Train again with this version."
         )
 

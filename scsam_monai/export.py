@@ -6,7 +6,7 @@ parameters and state-dict keys, so ``models/model.pt`` loads as it is) whose ``f
 concatenated along channels.
 
 The whole model (frozen encoders + trained head, images in, logits out) traces with MONAI's ``ckpt_export`` on
-``inference.yaml`` (its ``network_def`` is :class:`~scsam_monai.model_zoo.ScSAMBundleNetwork`, whose state dict is
+``inference.yaml`` (its ``network_def`` is :class:`~scsam_monai.model.ScSAMModel`, whose state dict is
 the head's), or with :func:`export_scsam_torchscript`, which also checks the trace against the eager model before
 saving and records the image size and the ``image_normalization`` the inputs need in the file's metadata.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from scsam_monai.atomic import atomic_write
+from scsam_monai.data.preprocessing import ImagePreprocessing
 from scsam_monai.networks.checkpoints import load_head_weights
 from scsam_monai.networks.scsam import ScSAM, ScSAMHead
 
@@ -110,9 +111,7 @@ def export_scsam_torchscript(
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"image_size must be (H, W) with positive sides, got {image_size!r}.")
     load_head_weights(network.head, head_checkpoint)
-    normalization = getattr(network.head, "_scsam_image_normalization", None) or getattr(
-        network, "image_normalization", "per_image"
-    )
+    normalization = str(ImagePreprocessing.of_model(network))
     device = torch.device(device)
     network = network.to(device).eval()
     generator = torch.Generator().manual_seed(0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
+from monai.networks.utils import one_hot
 from torch import nn
 
 __all__ = ["cosine_alignment_loss", "PrototypeNTXentLoss", "ScSAMLoss", "labels_to_one_hot"]
@@ -51,10 +52,30 @@ class PrototypeNTXentLoss(nn.Module):
 
 
 def labels_to_one_hot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Integer label map ``(B, 1, H, W)`` -> foreground one-hot ``(B, C, H, W)`` (background dropped)."""
-    if label.ndim == 4:
-        label = label[:, 0]
-    return F.one_hot(label.long().clamp(0, num_classes), num_classes + 1)[..., 1:].permute(0, 3, 1, 2).float()
+    """Integer label map ``(B, 1, H, W)`` or ``(B, H, W)`` -> foreground one-hot ``(B, C, H, W)`` (background dropped).
+
+    The one-hot is MONAI's ``one_hot`` of the ``C + 1`` label values 0..C, without channel 0.
+
+    Args:
+        label: label values 0 (background) to ``num_classes``.
+        num_classes: C, the foreground classes.
+
+    Raises:
+        ValueError: a label value outside 0..C (a label map of other classes would train the wrong targets).
+    """
+    if label.ndim == 3:
+        label = label[:, None]
+    label = label.long()
+    if label.numel():
+        low, high = torch.aminmax(label)
+        low, high = int(low), int(high)
+        if low < 0 or high > num_classes:
+            value = high if high > num_classes else low
+            raise ValueError(
+                f"label value {value} is out of range: with num_classes={num_classes} the label values are 0 "
+                f"(background) to {num_classes}; check the label maps and class_names."
+            )
+    return one_hot(label, num_classes + 1, dim=1)[:, 1:]
 
 
 class ScSAMLoss(nn.Module):

@@ -116,7 +116,7 @@ def train_preprocessing(overrides: Mapping[str, Any] | None = None) -> Compose:
 
     Args:
         overrides: config ids and values set before parsing, as on the command line, e.g.
-            ``{"intensity_transforms#per_image#upper": 99.0}`` or ``{"image_normalization": "prepared"}``.
+            ``{"image_normalization": "prepared"}``.
     """
     parser = ConfigParser()
     parser.read_config(CONFIGS_DIR / "train.yaml")

@@ -55,6 +55,15 @@ def test_labels_to_one_hot_drops_background():
     assert one_hot.shape == (1, 3, 2, 2)
     assert one_hot[0, :, 1, 1].tolist() == [0.0, 0.0, 1.0]
     assert one_hot[0, :, 0, 0].tolist() == [0.0, 0.0, 0.0]
+    assert one_hot.dtype == torch.float32 and torch.equal(labels_to_one_hot(label[:, 0], 3), one_hot)
+
+
+@pytest.mark.parametrize("value", [9, 4, -1])
+def test_labels_to_one_hot_refuses_label_values_outside_the_classes(value):
+    """A label value 9 with 3 classes is an error naming both, not a silent last class."""
+    label = torch.tensor([[[[0, 1], [2, value]]]])
+    with pytest.raises(ValueError, match=rf"label value {value} .*num_classes=3"):
+        labels_to_one_hot(label, 3)
 
 
 def test_total_is_weighted_sum_of_terms():

@@ -20,7 +20,8 @@ import torch
 import yaml
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_net_in_out
 
-from scsam_monai.model_zoo import NORMALIZATION_KEY, ScSAMBundleNetwork, recorded_normalization
+from scsam_monai.data.preprocessing import PREPROCESSING_KEY, ImagePreprocessing
+from scsam_monai.model import ScSAMModel
 from scsam_monai.networks.scsam import ScSAM, ScSAMHead
 from scsam_monai.synthetic import write_synthetic_dataset
 
@@ -33,11 +34,11 @@ def _configs(root: Path, names=CONFIGS) -> list[str]:
 
 @pytest.fixture(scope="module")
 def head_weights(tmp_path_factory, repo_root) -> Path:
-    """A demo-profile head's state dict, as training's CheckpointSaver writes model.pt (network_def of train.yaml)."""
+    """A demo-profile head's state dict, as training's CheckpointSaver writes model.pt (network of train.yaml)."""
     parser = ConfigParser()
     parser.read_config(_configs(repo_root / "bundle", ("train.yaml", "demo.yaml")))
     torch.manual_seed(0)
-    head = parser.get_parsed_content("network_def")
+    head = parser.get_parsed_content("network")
     path = tmp_path_factory.mktemp("weights") / "model.pt"
     torch.save(head.state_dict(), path)
     return path
@@ -57,10 +58,15 @@ def test_network_def_is_the_image_in_model_and_passes_verify_net_in_out(repo_roo
     )
 
 
-def test_training_network_is_the_head(repo_root):
+def test_network_def_is_the_image_in_model_in_train_yaml_too_and_training_trains_its_head(repo_root):
     parser = ConfigParser()
     parser.read_config(_configs(repo_root / "bundle", ("train.yaml", "demo.yaml")))
-    assert type(parser.get_parsed_content("network_def")) is ScSAMHead
+    model = parser.get_parsed_content("network_def")
+    assert type(model) is ScSAMModel
+    assert type(parser.get_parsed_content("network")) is ScSAMHead
+    assert parser.get_parsed_content("network") is model.head
+    assert parser.get_parsed_content("sam_stream") is model.sam_encoder
+    assert parser.get_parsed_content("image_preprocessing") is model.preprocessing
 
 
 def test_ckpt_export_writes_torchscript_head_equal_to_the_eager_head(repo_root, head_weights, tmp_path):
@@ -78,7 +84,7 @@ def test_ckpt_export_writes_torchscript_head_equal_to_the_eager_head(repo_root, 
     scripted = torch.jit.load(str(target))
     parser = ConfigParser()
     parser.read_config(_configs(bundle, ("train.yaml", "demo.yaml")))
-    head = parser.get_parsed_content("network_def").eval()
+    head = parser.get_parsed_content("network").eval()
     head.load_state_dict(torch.load(head_weights, weights_only=True))
     sam, mae = torch.randn(2, 256, 64, 64), torch.randn(2, 512, 64, 64)
     with torch.no_grad():
@@ -104,7 +110,7 @@ def test_package_bundle_writes_a_self_contained_model_zoo_folder_and_zip(repo_ro
         "large_files.yml",
         "models/model.pt",
         "scsam_monai/__init__.py",
-        "scsam_monai/model_zoo.py",
+        "scsam_monai/model.py",
         "scsam_monai/networks/scsam.py",
     ):
         assert f"{BUNDLE_NAME}/{required}" in names, required
@@ -116,7 +122,7 @@ def test_package_bundle_refuses_weights_that_record_no_normalization(repo_root, 
     from scripts.package_bundle import package
 
     state = torch.load(head_weights, weights_only=True)
-    state.pop(NORMALIZATION_KEY)
+    state.pop(PREPROCESSING_KEY)
     torch.save(state, tmp_path / "old.pt")
     with pytest.raises(ValueError, match="records no image_normalization"):
         package(repo_root / "bundle", tmp_path / "out", weights=tmp_path / "old.pt")
@@ -137,9 +143,9 @@ def test_inference_yaml_alone_defines_the_image_in_network_and_its_transforms(re
 
     parser = _inference_alone(repo_root)
     network = parser.get_parsed_content("network_def")
-    assert isinstance(network, ScSAMBundleNetwork)
+    assert isinstance(network, ScSAMModel)
     assert network.state_dict().keys() == network.head.state_dict().keys()  # the head's weights only
-    assert recorded_normalization(network.state_dict()) == "per_image"
+    assert ImagePreprocessing.recorded(network.state_dict()) == ImagePreprocessing("per_image")
     for key in ("preprocessing", "postprocessing"):
         assert isinstance(parser.get_parsed_content(key), Compose), key
     assert callable(parser.get_parsed_content("inferer"))
@@ -149,7 +155,7 @@ def test_model_pt_from_training_loads_strictly_into_network_def_and_refuses_anot
     repo_root, head_weights
 ):
     state = torch.load(head_weights, weights_only=True)
-    assert recorded_normalization(state) == "per_image"  # training recorded it
+    assert ImagePreprocessing.recorded(state) == ImagePreprocessing("per_image")  # training recorded it
     network = _inference_alone(repo_root).get_parsed_content("network_def")
     network.load_state_dict(state, strict=False)  # MONAI Label's call; the head is still loaded strictly
     torch.testing.assert_close(network.state_dict(), state)
@@ -164,11 +170,15 @@ def test_train_and_inference_configs_define_their_shared_ids_identically(repo_ro
     configs = repo_root / "bundle" / "configs"
     train = yaml.safe_load((configs / "train.yaml").read_text())
     inference = yaml.safe_load((configs / "inference.yaml").read_text())
-    own = {"imports", "network_def", "preprocessing", "startup_checks", "initialize", "run"}  # meant to differ
+    own = {"imports", "network", "preprocessing", "startup_checks", "initialize", "run"}  # meant to differ
     shared = set(train) & set(inference) - own
-    assert {"class_names", "head", "head_def", "sam_encoder", "mae_encoder", "image_normalization"} <= shared
+    assert {"class_names", "head", "image_normalization", "sam_checkpoint", "mae_checkpoint", "network_def"} <= shared
     for key in sorted(shared):
         assert train[key] == inference[key], key
+    # one builder call; every other shared id is a plain value (no component defined twice)
+    components = sorted(k for k in shared if isinstance(train[k], dict) and "_target_" in train[k])
+    assert components == ["network_def"], components
+    assert train["network_def"]["_target_"] == "scsam_monai.model.build_scsam"
 
 
 def test_unzipped_bundle_loads_and_segments_through_config_workflow(repo_root, head_weights, tmp_path):

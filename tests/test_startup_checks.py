@@ -33,6 +33,7 @@ from tests.helpers import run_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
+PROFILES = REPO / "experiments" / "configs"
 LARGE_FILES = REPO / "bundle" / "large_files.yml"
 MONAI_MAIN = str(Path(sys.executable).parent / "lib/site-packages/monai/bundle/__main__.py")
 CLASSES = ["background", "nucleus", "mitochondria", "granules"]
@@ -92,7 +93,7 @@ def test_overlay_and_command_line_keys_are_checked_against_the_bundle(tmp_path):
     )
     argv = _argv(
         "--head#fussion", "concat", "--sam_chekpoint", "x.pth", "--train#batch_sise", "4",
-        "--optimizer#lrr", "0.1", "--intensity_transforms#per_imag#lower", "1", "--learning_rate", "0.01",
+        "--optimizer#lrr", "0.1", "--validate#postprocesing#threshold", "1", "--learning_rate", "0.01",
         configs=("train.yaml", "demo.yaml", str(overlay)),
     )  # fmt: skip
     command = bundle_command_line(argv)
@@ -109,8 +110,8 @@ def test_overlay_and_command_line_keys_are_checked_against_the_bundle(tmp_path):
         "'sam_checkpoint'?)",
         "train#batch_sise (command line) is not a setting of train (did you mean 'batch_size'?)",
         "optimizer#lrr (command line): torch.optim.Adam has no argument 'lrr' (did you mean 'lr'?)",
-        "intensity_transforms#per_imag#lower (command line): there is no 'per_imag' in intensity_transforms (did you "
-        "mean 'per_image'?)",
+        "validate#postprocesing#threshold (command line): there is no 'postprocesing' in validate (did you mean "
+        "'postprocessing'?)",
     ]
     assert len(problems) == len(expected), problems
     for problem, start in zip(problems, expected, strict=True):
@@ -121,7 +122,7 @@ def test_valid_overlays_and_overrides_pass(tmp_path):
     overlay = tmp_path / "mine.yaml"
     overlay.write_text(
         "root: /data\ndataset_dir: \"$@root + '/em'\"\ntrain#trainer#epoch_length: 2\n"
-        "intensity_transforms#fixed: {_target_: ScaleIntensityd, keys: image}\nimage_normalization: fixed\n"
+        "augmentation#transforms#0#roi_scale: 0.6\nimage_normalization: prepared\n"
         "+imports: ['$import numpy']\n"
     )
     argv = _argv("--head#fusion", "concat", "--resume", "--class_names", "['background','a']",
@@ -133,11 +134,11 @@ def test_valid_overlays_and_overrides_pass(tmp_path):
     assert bundle_command_line(["pytest", "-q"]) is None
 
 
-def test_the_bundles_own_experiment_overlays_are_known_settings():
-    # a row of the experiments reruns as its command line says: train.yaml + method overlays + a profile overlay
-    experiments = ["experiments/supervised.yaml", "experiments/dynunet.yaml", "experiments/tiny.yaml"]
-    assert check_config_keys([CONFIGS / "train.yaml", *(CONFIGS / f for f in experiments)], {}) == []
-    (typo,) = check_config_keys([CONFIGS / "train.yaml", *(CONFIGS / f for f in experiments)], {"supervised_canvs": 1})
+def test_the_bundles_own_variant_overlays_are_known_settings():
+    # a row of the experiments reruns as its command line says: train.yaml + variant overlays + a bench profile
+    overlays = [CONFIGS / "variants/supervised.yaml", CONFIGS / "variants/dynunet.yaml", PROFILES / "tiny.yaml"]
+    assert check_config_keys([CONFIGS / "train.yaml", *overlays], {}) == []
+    (typo,) = check_config_keys([CONFIGS / "train.yaml", *overlays], {"supervised_canvs": 1})
     assert (
         typo.startswith("supervised_canvs (command line) is not a setting of this bundle")
         and "'supervised_canvas'" in typo
@@ -180,6 +181,14 @@ def test_checkpoint_listed_for_another_sam_architecture_is_refused(tmp_path):
     path, listing = _listed_checkpoint(tmp_path, "sam_vit_l_0b3195.pth", b"weights")
     (problem,) = check_checkpoint(path, arch="vit_b", large_files=listing)
     assert "is the vit_l SAM checkpoint but sam_arch is vit_b; set --sam_arch vit_l" in problem
+
+
+def test_official_sam_archs_are_the_encoder_architectures_but_the_test_only_tiny():
+    from scsam_monai.networks.encoders import SAM_ARCHITECTURES
+    from scsam_monai.startup_checks import SAM_ARCHS
+
+    assert SAM_ARCHS == ("vit_b", "vit_l", "vit_h")
+    assert set(SAM_ARCHS) == set(SAM_ARCHITECTURES) - {"tiny"}
 
 
 def test_no_checkpoint_needs_random_weights_to_be_allowed(tmp_path):

@@ -1,8 +1,8 @@
 """Early stopping on the validation mean Dice, and the record of how a training run ended.
 
 Every trainable row of the experiments gets the same budget of training samples (``planning.plan_budget``); this
-handler stops a row earlier when its validation mean Dice has not improved for ``patience`` validations (Ignite's
-``EarlyStopping``, attached to the evaluator), and writes ``training_budget.json`` at the end of training: the
+handler stops a row earlier when its validation mean Dice has not improved for ``patience`` validations (MONAI's
+``EarlyStopHandler``, run when the evaluator completes), and writes ``training_budget.json`` at the end of training: the
 optimizer steps, the samples seen, the best validation and whether the run stopped early or used its budget. The
 experiments' ``results.md`` reads that file; nothing in it is estimated.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import EarlyStopping
+from monai.handlers import EarlyStopHandler
 
 from scsam_monai.atomic import atomic_write_json
 
@@ -45,8 +45,9 @@ def batch_size_of(batch: Any) -> int:
 class ValidationEarlyStopping:
     """Stop training after ``patience`` validations without improvement; record steps, samples and the best epoch.
 
-    Attached to the trainer (``train#handlers``); it listens to ``validator`` itself, as ``LearningCurve`` does,
-    so the bundle config needs no reference from the evaluator back to the trainer. A validation before training
+    The stopping itself is MONAI's ``EarlyStopHandler``; this adds the record. Attached to the trainer
+    (``train#handlers``); it listens to ``validator`` itself, as ``LearningCurve`` does, so the bundle config needs
+    no reference from the evaluator back to the trainer. A validation before training
     (``ValidationHandler(exec_at_start=True)``) counts as epoch 0. Every rank decides alike (the metric is
     reduced over ranks); rank 0 writes the record.
 
@@ -79,7 +80,7 @@ class ValidationEarlyStopping:
         self.budget_samples = budget_samples
         self.samples = 0
         self.validations: list[tuple[int, float]] = []
-        self._stopper: EarlyStopping | None = None
+        self._stopper: EarlyStopHandler | None = None
         self._trainer: Engine | None = None
 
     def _score(self, validator: Engine) -> float:
@@ -95,9 +96,11 @@ class ValidationEarlyStopping:
         # recorded before the stopper runs, so the record holds the validation that triggered a stop
         self.validator.add_event_handler(Events.COMPLETED, self._record_validation)
         if self.patience:
-            self._stopper = EarlyStopping(
+            self._stopper = EarlyStopHandler(
                 patience=self.patience, score_function=self._score, trainer=trainer, min_delta=self.min_delta
             )
+            # at the evaluator's COMPLETED, not EarlyStopHandler.attach's EPOCH_COMPLETED: after every metric and
+            # handler of the validation has run
             self.validator.add_event_handler(Events.COMPLETED, self._stopper)
         trainer.add_event_handler(Events.COMPLETED, self._write)
 
@@ -111,7 +114,9 @@ class ValidationEarlyStopping:
     @property
     def triggered(self) -> bool:
         """Whether the early-stopping rule fired (its counter reached the patience)."""
-        return self._stopper is not None and self._stopper.counter >= self._stopper.patience
+        # EarlyStopHandler keeps Ignite's EarlyStopping, whose counter is the validations without a gain
+        stopping = getattr(self._stopper, "_handler", None)
+        return stopping is not None and stopping.counter >= stopping.patience
 
     def record(self, trainer: Engine) -> dict[str, Any]:
         """How the run went: steps, samples, epochs, best validation, and why it ended."""

@@ -37,6 +37,7 @@ from segment_anything.modeling import PromptEncoder
 from torch import nn
 
 from scsam_monai.networks.build import HEAD_KEYS, build_sam_decoder_parts
+from scsam_monai.networks.checkpoints import SamCheckpoint
 from scsam_monai.networks.fafm import FusionOutput
 from scsam_monai.networks.prompt_encoder import ClassPrompts
 from scsam_monai.networks.scsam import ScSAMHead
@@ -190,11 +191,11 @@ def build_surgicalsam_head(
     canvas_size: int = 1024,
     grid_size: int = 64,
     feature_dim: int = 256,
-    sam_checkpoint: str | Path | None = None,
+    sam_checkpoint: str | Path | SamCheckpoint | None = None,
     compile: bool = False,
     **switches: Any,
 ) -> SurgicalSAMHead:
-    """Build the SurgicalSAM head; called like ``build_scsam_head`` so that the bundle's ``head_def`` fits both.
+    """Build the SurgicalSAM head; called like ``build_scsam_head``, so that ``build_scsam(head_builder=...)`` takes either.
 
     Args:
         settings: the bundle's ``head`` section. SurgicalSAM has none of ScSAM's switches: ``streams`` must be

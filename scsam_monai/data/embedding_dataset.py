@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +18,13 @@ from scsam_monai.data.embedding_cache import EmbeddingCache, array_sha256, trans
 from scsam_monai.data.transforms import LabelToMaskGridd, LoadCachedArrayd, as_size_tensor
 from scsam_monai.io.readers import DataPreparationError
 
-__all__ = ["precompute_embeddings", "cached_embedding_dataset", "check_item", "EMBEDDING_KEYS"]
+__all__ = [
+    "precompute_embeddings",
+    "cached_embedding_dataset",
+    "datalist_embedding_dataset",
+    "check_item",
+    "EMBEDDING_KEYS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -270,3 +277,25 @@ def cached_embedding_dataset(
     if mask_grid is not None:
         transforms.append(LabelToMaskGridd(keys="label", grid=mask_grid))
     return Dataset(data=list(records), transform=Compose(transforms))
+
+
+def datalist_embedding_dataset(
+    data: Sequence[Mapping[str, Any]], *, records: Sequence[dict], **kwargs: Any
+) -> torch.utils.data.Dataset:
+    """``train#dataset`` / ``validate#dataset`` of ``train.yaml``: the cached embeddings of the datalist ``data``.
+
+    The Model Zoo's train-config convention and MONAI Label's ``BundleTrainTask`` set the datalist items as
+    ``train#dataset#data`` (``validate#dataset#data``); ``train.yaml``'s ``records`` (the embedding precompute)
+    read them from there, and this dataset serves those records.
+
+    Args:
+        data: the datalist items the records were computed from.
+        records: their cached embeddings (``precompute_embeddings``).
+        kwargs: ``mask_grid`` and ``embedding_dtype`` of the package's ``cached_embedding_dataset``.
+
+    Raises:
+        ValueError: records of no image while ``data`` names some (a precompute that read another list).
+    """
+    if data and not records:
+        raise ValueError(f"train.yaml: {len(data)} datalist items but no cached embeddings (records) for them.")
+    return cached_embedding_dataset(records, **kwargs)

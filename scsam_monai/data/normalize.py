@@ -20,8 +20,9 @@ bits are counted in an exact histogram; wider integers and floats are sampled (e
 at most ``max_samples`` values in all), which is exact for small volumes. Non-finite float values are ignored
 when measuring and become the window's low end when normalising.
 
-Which of the two a model needs is its ``image_normalization`` (:data:`IMAGE_NORMALIZATIONS`, checked by
-:func:`check_image_normalization`): ``per_image``, or ``prepared`` (trained on ``scsam-prepare``'s slices; raw
+Which of the two a model needs is its ``image_normalization`` (:data:`IMAGE_NORMALIZATIONS`; the model's
+:class:`~scsam_monai.data.preprocessing.ImagePreprocessing` holds it): ``per_image``, or ``prepared`` (trained on
+``scsam-prepare``'s slices; raw
 volumes are then normalised with their own per-volume window, and slices ``scsam-prepare`` wrote are mapped
 through :data:`PREPARED_SLICE_WINDOW`, 0..255 to 0..1, as training read them). :class:`SliceNormalizer` applies
 one window to many slices fast: 8- and 16-bit slices go through a lookup table of :func:`normalize_slice`'s
@@ -47,7 +48,6 @@ __all__ = [
     "PER_IMAGE_PERCENTILES",
     "IMAGE_NORMALIZATIONS",
     "PREPARED_SLICE_WINDOW",
-    "check_image_normalization",
     "SliceNormalizer",
     "IntensityWindow",
     "PercentileAccumulator",
@@ -62,20 +62,6 @@ IMAGE_NORMALIZATIONS = ("per_image", "prepared")
 """Values of ``image_normalization`` (``train.yaml``): each slice by its own percentiles, or per volume as
 ``scsam-prepare`` normalises."""
 _DTYPES = {"uint8": 255.0, "uint16": 65535.0, "float32": 1.0}
-
-
-def check_image_normalization(value: str) -> str:
-    """``value`` if it is one of :data:`IMAGE_NORMALIZATIONS`.
-
-    Raises:
-        ValueError: naming the value and the valid ones.
-    """
-    if value not in IMAGE_NORMALIZATIONS:
-        raise ValueError(
-            f"image_normalization must be one of {', '.join(IMAGE_NORMALIZATIONS)} (the one the model was trained "
-            f"with, train.yaml's image_normalization); got {value!r}."
-        )
-    return value
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,12 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from scsam_monai.io.readers import DataPreparationError, read_image_2d
+from scsam_monai.io.readers import DataPreparationError, open_volume
+from scsam_monai.io.readers.volume import check_pixels
 from scsam_monai.networks.geometry import resize_longest_and_pad
 
 __all__ = [
-    "LoadImage2Dd",
+    "LoadEMImaged",
     "LoadCachedArrayd",
     "LabelToMaskGridd",
     "MergeClassLogitsd",
@@ -22,24 +23,69 @@ __all__ = [
 ]
 
 
-class LoadImage2Dd(MapTransform):
-    """Read 2D images named under ``keys`` as ``(H, W)`` arrays (row-major, as the file stores them).
+class LoadEMImaged(MapTransform):
+    """Read the images an item names with the package's readers, row-major as the file stores them.
 
-    MONAI's ``LoadImage`` returns 2D images transposed (W, H) by its ITK/PIL convention; reading through the
-    package's readers (:func:`~scsam_monai.io.readers.read_image_2d`: TIFF with tifffile, PNG/JPEG/BMP with
-    Pillow, ...) keeps images, labels and written predictions in the same (H, W) orientation.
-    The path is kept under ``<key>_path``.
+    The one loader of every path that reads image files: training and evaluation (images and label maps,
+    ``train.yaml``), MAE pre-training (one slice of a volume, ``pretrain_mae.yaml``) and the bundle's own transform
+    chain (``preprocessing`` of ``inference.yaml``, which MONAI Label's stock app and the Model Zoo tools run).
+    A 2D image, or the slice an item names, comes back as ``(H, W)``; with ``stacks=True`` a 3D stack comes back
+    whole as ``(H, W, D)`` (depth last, as MONAI's channel-first ``(C, H, W, D)`` and
+    :class:`~scsam_monai.engines.volume_inference.SliceWiseInferer` take it). MONAI's ``LoadImage`` returns 2D images
+    transposed (W, H) by its ITK/PIL convention: a model trained on one and served through the other would see
+    every slice transposed, so no path uses it. The readers (:func:`~scsam_monai.io.readers.open_volume`: TIFF,
+    PNG/JPEG/BMP, NIfTI/MHA/NRRD, HDF5, N5/Zarr) name the file in every error. The source is kept under
+    ``<key>_path``.
 
     Args:
-        keys: keys holding file paths.
+        keys: keys holding file paths (or any source ``open_volume`` opens).
+        slice_key: item key of a z index: an item that has it reads that slice of its source (None: every item
+            names a whole image; ``scsam-prepare``'s datalist items record their source slice as ``slice``, which
+            is not an index into their file).
+        container_key: item key of the dataset inside an HDF5 file or N5/Zarr container (None: none).
+        stacks: read a 3D stack whole as ``(H, W, D)``; False: a stack without a slice index is an error.
+        allow_missing_keys: skip absent keys.
     """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        slice_key: str | None = None,
+        container_key: str | None = None,
+        stacks: bool = False,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.slice_key = slice_key
+        self.container_key = container_key
+        self.stacks = stacks
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
+        index = d.get(self.slice_key) if self.slice_key else None
+        container = str(d.get(self.container_key) or "") or None if self.container_key else None
         for key in self.key_iterator(d):
-            d[f"{key}_path"] = str(d[key])
-            d[key] = read_image_2d(d[key])
+            source = d[key]
+            d[f"{key}_path"] = str(source)
+            d[key] = self._read(source, None if index is None else int(index), container)
         return d
+
+    def _read(self, source: object, index: int | None, container: str | None) -> np.ndarray:
+        with open_volume(source, container) as volume:
+            if min(volume.shape) == 0:
+                raise DataPreparationError(f"{source}: the image is empty (shape {volume.shape}).")
+            if index is not None:
+                array, where = volume.read_slice(index), f"{source} (slice {index})"
+            elif volume.shape[0] == 1:
+                array, where = volume.read_slice(0), source
+            elif self.stacks:
+                array, where = np.moveaxis(volume.read(), 0, -1), source
+            else:
+                raise DataPreparationError(
+                    f"{source}: expected a 2D single-channel image, got a stack of shape {volume.shape}."
+                )
+        check_pixels(array, where)
+        return array.astype(np.uint8) if array.dtype == bool else array
 
 
 class LoadCachedArrayd(MapTransform):
@@ -105,22 +151,27 @@ def as_size_tensor(size: Sequence[int]) -> torch.Tensor:
     return torch.as_tensor([int(v) for v in size], dtype=torch.long)
 
 
-def merge_class_logits(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+def merge_class_logits(logits: torch.Tensor, threshold: float = 0.5, dim: int = -3) -> torch.Tensor:
     """Merge per-class mask logits ``(C, H, W)`` (or ``(B, C, H, W)``) into an integer label map.
 
     Rule: at each pixel the class with the highest logit wins if its sigmoid probability exceeds
     ``threshold``; otherwise the pixel is background (0). Classes are numbered 1..C. Every class is always
     prompted, so no ground truth is needed (or used) to decide which classes to predict.
 
+    Args:
+        logits: per-class logits.
+        threshold: sigmoid probability a class needs to win a pixel.
+        dim: the class axis (-3 for 2D maps; 0 for a channel-first map of any dimension, e.g. ``(C, H, W, D)``).
+
     Returns:
-        ``(1, H, W)`` (or ``(B, 1, H, W)``) int64 label map.
+        ``(1, H, W)`` (or ``(B, 1, H, W)``) int64 label map: the class axis kept with size 1.
     """
-    best, index = logits.max(dim=-3, keepdim=True)
+    best, index = logits.max(dim=dim, keepdim=True)
     return torch.where(torch.sigmoid(best.float()) > threshold, index + 1, torch.zeros_like(index))
 
 
 class MergeClassLogitsd(MapTransform):
-    """Dictionary transform applying :func:`merge_class_logits` to ``keys``.
+    """Dictionary transform applying :func:`merge_class_logits` to channel-first ``keys``: ``(C, H, W[, D])``.
 
     Args:
         keys: keys of per-class logits.
@@ -134,5 +185,5 @@ class MergeClassLogitsd(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = merge_class_logits(torch.as_tensor(d[key]), self.threshold)
+            d[key] = merge_class_logits(torch.as_tensor(d[key]), self.threshold, dim=0)
         return d

@@ -1,7 +1,8 @@
 """Ignite handlers of scsam-monai: parameter count, learning curve, metrics report, overlays.
 
 MONAI's handlers cover statistics, TensorBoard, validation, checkpoints and LR schedules; these add what
-users of this bundle want to look at afterwards, written atomically.
+users of this bundle want to look at afterwards, written atomically. The learning curve is an
+:class:`~scsam_monai.engines.curves.EpochHistory`, as the MAE pre-training's loss history is.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
 
 from scsam_monai.atomic import atomic_save_figure, atomic_write_json, atomic_write_text
+from scsam_monai.engines.curves import EpochHistory, headless_pyplot, plot_series
 from scsam_monai.networks.scsam import count_trainable_parameters
 from scsam_monai.palette import class_colour, colourise, display_image
 
@@ -33,15 +35,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PAPER_TRAINABLE_PARAMETERS = 27.6e6
-
-
-def _matplotlib():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 class AtomicCheckpointSaver(CheckpointSaver):
@@ -86,11 +79,12 @@ class TrainableParameterLogger:
         logger.info("Trainable parameters: %.2fM%s; frozen parameters: %.2fM.", trainable / 1e6, paper, frozen / 1e6)
 
 
-class LearningCurve:
+class LearningCurve(EpochHistory):
     """Record the mean training loss per epoch and the validation key metric, and plot both.
 
     Attached to the trainer; it also listens to the ``validator`` so that a validation run before training
-    (``ValidationHandler(exec_at_start=True)``) is recorded as epoch 0, the untrained value.
+    (``ValidationHandler(exec_at_start=True)``) is recorded as epoch 0, the untrained value. Writes
+    ``learning_curve.json`` and ``learning_curve.png`` (:class:`~scsam_monai.engines.curves.EpochHistory`).
 
     Args:
         output_dir: folder of ``learning_curve.json`` and ``learning_curve.png``.
@@ -98,39 +92,22 @@ class LearningCurve:
         metric_name: the metric to record (the evaluator's key metric name).
     """
 
+    fields = ("epoch", "train_loss", "val_epoch", "val_metric")
+
     def __init__(self, output_dir: str | Path, validator: Engine | None = None, metric_name: str = "val_mean_dice"):
-        self.output_dir = Path(output_dir)
+        super().__init__(output_dir, stem="learning_curve")
         self.validator = validator
         self.metric_name = metric_name
-        self.history: dict[str, list] = {"epoch": [], "train_loss": [], "val_epoch": [], "val_metric": []}
-        self._losses: list[float] = []
         self._trainer: Engine | None = None
 
     def attach(self, trainer: Engine) -> None:
         self._trainer = trainer
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._record_iteration)
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, self._record_epoch)
+        super().attach(trainer)
         if self.validator is not None:
             self.validator.add_event_handler(Events.COMPLETED, self._record_validation)
 
-    def state_dict(self) -> dict[str, list]:
-        """The history, so that a resumed run continues the same curve."""
-        return {k: list(v) for k, v in self.history.items()}
-
-    def load_state_dict(self, state: Mapping[str, list]) -> None:
-        self.history = {k: list(state.get(k, [])) for k in self.history}
-
-    def _record_iteration(self, engine: Engine) -> None:
-        output = engine.state.output
-        loss = output.get("loss") if isinstance(output, Mapping) else None
-        if loss is not None:
-            self._losses.append(float(loss))
-
-    def _record_epoch(self, engine: Engine) -> None:
-        self.history["epoch"].append(engine.state.epoch)
-        self.history["train_loss"].append(float(np.mean(self._losses)) if self._losses else math.nan)
-        self._losses = []
-        self.write()
+    def epoch_values(self, engine: Engine) -> dict[str, float]:
+        return {"epoch": engine.state.epoch, "train_loss": self.epoch_mean("loss")}
 
     def _record_validation(self, validator: Engine) -> None:
         epoch = self._trainer.state.epoch if self._trainer is not None else 0
@@ -144,21 +121,31 @@ class LearningCurve:
             self.history["val_metric"].append(float(value))
         self.write()
 
-    def write(self) -> None:
-        """Write the JSON history and the PNG plot."""
-        atomic_write_json(self.output_dir / "learning_curve.json", {"metric_name": self.metric_name, **self.history})
-        plt = _matplotlib()
+    def json_record(self) -> dict:
+        return {"metric_name": self.metric_name, **self.state_dict()}
+
+    def draw(self, plt):
         fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(9, 3.4))
-        ax_loss.plot(self.history["epoch"], self.history["train_loss"], marker="o", color="tab:blue")
-        ax_loss.set(xlabel="epoch", ylabel="training loss", title="Training loss (mean per epoch)")
-        ax_val.plot(self.history["val_epoch"], self.history["val_metric"], marker="o", color="tab:green")
-        ax_val.set(xlabel="epoch (0 = untrained)", ylabel=self.metric_name, title="Validation")
+        history = self.history
+        plot_series(
+            ax_loss,
+            "Training loss (mean per epoch)",
+            {"train_loss": (history["epoch"], history["train_loss"])},
+            xlabel="epoch",
+            ylabel="training loss",
+            styles={"train_loss": {"color": "tab:blue"}},
+        )
+        plot_series(
+            ax_val,
+            "Validation",
+            {self.metric_name: (history["val_epoch"], history["val_metric"])},
+            xlabel="epoch (0 = untrained)",
+            ylabel=self.metric_name,
+            styles={self.metric_name: {"color": "tab:green"}},
+        )
         ax_val.set_ylim(0, 1)
-        for ax in (ax_loss, ax_val):
-            ax.grid(alpha=0.3)
         fig.tight_layout()
-        atomic_save_figure(self.output_dir / "learning_curve.png", fig)
-        plt.close(fig)
+        return fig
 
 
 def format_metrics_markdown(scores: Mapping, class_names: Sequence[str], title: str = "Segmentation metrics") -> str:
@@ -182,6 +169,12 @@ def format_metrics_markdown(scores: Mapping, class_names: Sequence[str], title: 
 
 class MetricsReport:
     """Write ``metrics.json`` and ``metrics.md`` with every score when the evaluator completes.
+
+    MONAI's ``MetricsSaver`` cannot write these files: it writes only CSV (``output_type`` "csv": ``metrics.csv``
+    of the scalar ``engine.state.metrics``, ``<name>_raw.csv`` of ``metric_details``), not in place atomically,
+    while the report here is the full score dict of the metric handler (Dice per class by class name, the AJI,
+    the challenge IoU beside the mIoU, the number of images and the run's facts in ``extra``) as one JSON file and
+    a Markdown table.
 
     Args:
         output_dir: destination folder.
@@ -285,7 +278,7 @@ class OverlayWriter:
     def _write(self, engine: Engine) -> None:
         if not self.rows:
             return
-        plt = _matplotlib()
+        plt = headless_pyplot()
         has_label = any(r[2] is not None for r in self.rows)
         cols = 3 if has_label else 2
         fig, axes = plt.subplots(len(self.rows), cols, figsize=(3.2 * cols, 3.2 * len(self.rows)), squeeze=False)

@@ -28,8 +28,9 @@ import torch
 from torch import nn
 
 from scsam_monai.atomic import atomic_write, atomic_write_json
-from scsam_monai.data.normalize import PREPARED_SLICE_WINDOW, IntensityWindow, check_image_normalization
-from scsam_monai.engines.volume_inference import resolve_window, segment_slices, volume_slices
+from scsam_monai.data.normalize import IntensityWindow
+from scsam_monai.data.preprocessing import ImagePreprocessing
+from scsam_monai.engines.volume_inference import segment_slices, volume_slices
 from scsam_monai.io.formats import (
     IMAGE_SUFFIXES,
     OUTPUT_SUFFIXES,
@@ -114,13 +115,14 @@ def segment_volume(
     amp: bool = True,
     amp_dtype: torch.dtype | None = None,
     threshold: float = 0.5,
-    image_normalization: str = "per_image",
+    inputs: str = "raw",
     window: IntensityWindow | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Segment one image or volume slice by slice (along z) and write its label map as the slices come.
 
-    With ``image_normalization="prepared"`` the volume is read twice: once to measure its intensity window (as
+    The slices are normalised as the model's preprocessing says (``model.preprocessing``, recorded with its
+    weights); for ``prepared``, a raw input is read twice: once to measure its intensity window (as
     ``scsam-prepare`` measures a cell), once to segment it. Every output is written atomically (see
     :class:`~scsam_monai.io.writers.SliceWriter`): when a read, the model or a write fails, the partial label
     map, probability maps and overlays of this input are removed and the error is raised.
@@ -136,9 +138,11 @@ def segment_volume(
         overlay_slices: slice indices for overlay PNGs ``<stem>_overlay_z<index>.png``; ``"middle"`` for the
             middle slice, None or ``[]`` for none.
         suffix: appended to the input's name for the label map.
-        batch_size, device, amp, amp_dtype, threshold, image_normalization, progress: as
+        batch_size, device, amp, amp_dtype, threshold, progress: as
             :func:`~scsam_monai.engines.volume_inference.segment_slices`.
-        window: a known intensity window for ``"prepared"`` (None: the volume's own, measured).
+        inputs: ``"raw"`` (a file given to inference) or ``"datalist"`` (a datalist's item: for ``prepared``, a
+            slice ``scsam-prepare`` wrote), see :meth:`~scsam_monai.data.preprocessing.ImagePreprocessing.window`.
+        window: a known intensity window for ``"prepared"`` (None: as ``inputs`` says).
 
     Returns:
         ``{"input", "label", "probabilities", "overlays", "format", "shape", "spacing_zyx",
@@ -150,7 +154,8 @@ def segment_volume(
         fmt = output_format_for(input, volume, output_format)
         ext = OUTPUT_SUFFIXES[fmt]
         depth = volume.shape[0]
-        window = resolve_window(volume, image_normalization, window)
+        preprocessing = ImagePreprocessing.of_model(model)
+        window = preprocessing.window(volume, window, inputs=inputs)
         if window is not None:
             logger.info("%s: intensity window %.6g..%.6g (%s)", input, window.low, window.high, window.method)
         if overlay_slices == "middle":
@@ -192,7 +197,7 @@ def segment_volume(
                 amp=amp,
                 amp_dtype=amp_dtype,
                 threshold=threshold,
-                image_normalization=image_normalization,
+                preprocessing=preprocessing,
                 window=window,
                 probabilities=probabilities,
                 progress=progress,
@@ -215,7 +220,7 @@ def segment_volume(
             "format": fmt,
             "shape": list(volume.shape),
             "spacing_zyx": None if volume.spacing is None else list(volume.spacing),
-            "image_normalization": image_normalization,
+            "image_normalization": str(preprocessing),
             "intensity_window": None if window is None else window.as_dict(),
         }
 
@@ -236,13 +241,13 @@ def segment_inputs(
     *,
     datalist: str | Path | None = None,
     split: str | None = None,
-    image_normalization: str = "per_image",
     summary_overlay: str | None = "inference_overlay.png",
     **kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Segment every input of :func:`list_inputs` with :func:`segment_volume`; writes ``predictions.json``.
 
-    The intensities are normalised as the model was trained (``image_normalization`` of ``train.yaml``):
+    The intensities are normalised as the model was trained (its preprocessing, ``image_normalization`` of
+    ``train.yaml``, recorded with its weights):
 
     - ``"per_image"``: each slice by its own 0.5/99.5 percentiles.
     - ``"prepared"`` (trained on ``scsam-prepare``'s slices): an input (``input``) is a raw image or volume and is
@@ -256,24 +261,18 @@ def segment_inputs(
         input: a file, container or folder (see :func:`list_inputs`).
         output_dir: destination folder.
         datalist, split: segment a datalist split instead of ``input``.
-        image_normalization: ``"per_image"`` or ``"prepared"``, the one the model was trained with.
         summary_overlay: also copy the first overlay to this name in ``output_dir`` (None: no copy).
         kwargs: passed to :func:`segment_volume`.
 
     Returns:
         One record per input (see :func:`segment_volume`).
-
-    Raises:
-        ValueError: an unknown ``image_normalization`` (before anything is read or written).
     """
-    check_image_normalization(image_normalization)
     from_datalist = datalist is not None and bool(split)
-    if from_datalist and image_normalization == "prepared":
-        kwargs.setdefault("window", PREPARED_SLICE_WINDOW)
+    kwargs.setdefault("inputs", "datalist" if from_datalist else "raw")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     records = [
-        segment_volume(model, item, output_dir, image_normalization=image_normalization, **kwargs)
+        segment_volume(model, item, output_dir, **kwargs)
         for item in list_inputs(input, datalist=datalist, split=split)
     ]
     first = next((r["overlays"][0] for r in records if r["overlays"]), None)

@@ -1,10 +1,10 @@
 """Streaming slice-wise inference: a volume of any number of slices through the full ScSAM in bounded memory.
 
 :func:`segment_slices` pulls 2D slices from a :class:`~scsam_monai.io.readers.Volume` or any iterable (a
-generator, a memory-mapped array, a list), normalises each one as the model was trained (``image_normalization``,
-see :mod:`scsam_monai.data.normalize`), runs the model on batches of slices, merges the per-class logits into label
-maps (:func:`~scsam_monai.data.transforms.merge_class_logits`) and hands every label map to a ``writer`` callback,
-in input order. Three stages overlap so that the model never waits for the disk:
+generator, a memory-mapped array, a list), normalises each one as the model was trained (the model's
+:class:`~scsam_monai.data.preprocessing.ImagePreprocessing`), runs the model on batches of slices, merges the
+per-class logits into label maps (:func:`~scsam_monai.data.transforms.merge_class_logits`) and hands every label
+map to a ``writer`` callback, in input order. Three stages overlap so that the model never waits for the disk:
 
 - a **reader thread** reads and normalises batch k+1 (into pinned memory on a GPU) while the model runs batch k;
 - the **model** runs in the calling thread; on a GPU the next batch is copied to the device on a side stream
@@ -23,33 +23,32 @@ Example::
     from scsam_monai.engines.volume_inference import segment_slices
 
     with open_volume("volume.tif") as volume:
-        segment_slices(model, volume, image_normalization="prepared", writer=lambda index, label: ...)
+        segment_slices(model, volume, writer=lambda index, label: ...)
+
+:class:`SliceWiseInferer` is the same slice-wise inference as a MONAI ``Inferer`` over a tensor in memory, for the
+bundle's transform chain (``inference.yaml``'s ``inferer``, which MONAI Label's stock app runs).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, nullcontext
 from typing import Any
 
 import numpy as np
 import torch
+from monai.inferers import Inferer
 from torch import nn
 from tqdm.auto import tqdm
 
-from scsam_monai.data.normalize import (
-    IntensityWindow,
-    SliceNormalizer,
-    check_image_normalization,
-    measure_volume_window,
-    volume_window,
-)
+from scsam_monai.data.normalize import IntensityWindow, SliceNormalizer
+from scsam_monai.data.preprocessing import ImagePreprocessing
 from scsam_monai.data.transforms import merge_class_logits
 from scsam_monai.io.readers import DataPreparationError, Volume
 
-__all__ = ["segment_slices", "resolve_window", "volume_slices"]
+__all__ = ["SliceWiseInferer", "segment_slices", "volume_slices"]
 
 _DONE = object()
 _POLL_S = 0.1
@@ -65,36 +64,6 @@ def volume_slices(volume: Volume) -> Iterator[np.ndarray]:
             text = str(err)
             text = text[len(volume.source) + 2 :] if text.startswith(f"{volume.source}: ") else text
             raise DataPreparationError(f"{volume.source}: slice {index} (of {depth}) cannot be read: {text}") from err
-
-
-def resolve_window(
-    slices: Volume | Iterable,
-    image_normalization: str,
-    window: IntensityWindow | None = None,
-    *,
-    workers: int = 4,
-) -> IntensityWindow | None:
-    """The intensity window slices are normalised with: None for ``per_image`` (each slice its own percentiles).
-
-    For ``prepared``: ``window`` when given, else the per-volume window of ``slices`` measured in one streaming
-    pass exactly as ``scsam-prepare`` measures a cell (:func:`~scsam_monai.data.normalize.measure_volume_window`
-    over all z slices of a :class:`Volume`, or :func:`~scsam_monai.data.normalize.volume_window` over a sequence
-    that can be read twice). A 2D image is a volume of one slice.
-
-    Raises:
-        ValueError: an unknown ``image_normalization``, or ``prepared`` for a one-shot iterator without a window.
-    """
-    check_image_normalization(image_normalization)
-    if image_normalization == "per_image" or window is not None:
-        return window
-    if isinstance(slices, Volume):
-        return measure_volume_window(slices, workers=workers)
-    if isinstance(slices, (Sequence, np.ndarray, torch.Tensor)):
-        return volume_window((_as_2d(s) for s in slices), source="the slices given to segment_slices")
-    raise ValueError(
-        "image_normalization='prepared' needs the whole volume's intensity window before the first slice: pass "
-        "window= (scsam_monai.data.normalize.measure_volume_window), a Volume, or a sequence that can be read twice."
-    )
 
 
 def _as_2d(image: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -289,7 +258,7 @@ def segment_slices(
     amp_dtype: torch.dtype | None = None,
     threshold: float = 0.5,
     normalize: bool = True,
-    image_normalization: str = "per_image",
+    preprocessing: ImagePreprocessing | None = None,
     window: IntensityWindow | None = None,
     probabilities: bool = False,
     prefetch: int = 2,
@@ -315,11 +284,11 @@ def segment_slices(
         amp: autocast on CUDA (ignored on other devices).
         amp_dtype: autocast dtype; None for bfloat16 where the GPU supports it, else float16.
         threshold: sigmoid probability a class needs to win a pixel (see ``merge_class_logits``).
-        normalize: normalise the slices as ``image_normalization`` says; False when they are already in [0, 1].
-        image_normalization: what the model was trained with (``train.yaml``): ``"per_image"`` scales each slice
-            by its own 0.5/99.5 percentiles; ``"prepared"`` maps every slice through one per-volume window, as
-            ``scsam-prepare`` normalised the training slices (see :func:`resolve_window`).
-        window: the per-volume window for ``"prepared"`` (measured from ``slices`` when None).
+        normalize: normalise the slices as the model's preprocessing says; False when they are already in [0, 1].
+        preprocessing: how the slices are normalised; None: the model's own
+            (:meth:`~scsam_monai.data.preprocessing.ImagePreprocessing.of_model`, recorded with its weights).
+        window: the input's intensity window (``prepared``: measured from ``slices`` when None, see
+            :meth:`~scsam_monai.data.preprocessing.ImagePreprocessing.window`).
         probabilities: also pass each slice's per-class sigmoid probabilities to ``writer``.
         prefetch: batches read and normalised ahead in the reader thread (0: none, all in this thread).
         writeback: batches of label maps queued for the writer thread (0: ``writer`` runs in this thread).
@@ -330,7 +299,7 @@ def segment_slices(
         The number of slices segmented.
 
     Raises:
-        ValueError: unknown ``image_normalization``, bad ``batch_size``, a slice that is not 2D.
+        ValueError: bad ``batch_size``, a slice that is not 2D.
         DataPreparationError: a slice of a :class:`Volume` cannot be read (file and slice named).
         Exception: whatever ``writer`` or the model raised.
     """
@@ -339,8 +308,10 @@ def segment_slices(
         batch_size = 8 if device.type == "cuda" else 1
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    check_image_normalization(image_normalization)
-    normalizer = SliceNormalizer(resolve_window(slices, image_normalization, window)) if normalize else None
+    normalizer = None
+    if normalize:
+        preprocessing = preprocessing or ImagePreprocessing.of_model(model)
+        normalizer = preprocessing.normalizer(preprocessing.window(slices, window))
     if isinstance(slices, Volume):
         total = slices.shape[0] if total is None else total
         slices = volume_slices(slices)
@@ -383,3 +354,31 @@ def segment_slices(
     except BaseException:
         output.cancel()
         raise
+
+
+class SliceWiseInferer(Inferer):
+    """Run a 2D network on ``(B, C, H, W)`` inputs, or slice by slice (along the last axis) on ``(B, C, H, W, D)``.
+
+    Args:
+        batch_size: slices per network call for 3D inputs.
+    """
+
+    def __init__(self, batch_size: int = 4) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}.")
+        self.batch_size = batch_size
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Logits of the same spatial shape as ``inputs``."""
+        if inputs.ndim == 4:
+            return network(inputs, *args, **kwargs)
+        if inputs.ndim != 5:
+            raise ValueError(f"expected (B, C, H, W) or (B, C, H, W, D) inputs, got {tuple(inputs.shape)}.")
+        b, c, h, w, depth = inputs.shape
+        slices = inputs.permute(0, 4, 1, 2, 3).reshape(b * depth, c, h, w)
+        outputs = [
+            network(slices[i : i + self.batch_size], *args, **kwargs) for i in range(0, len(slices), self.batch_size)
+        ]
+        logits = torch.cat(outputs)
+        return logits.reshape(b, depth, -1, h, w).permute(0, 2, 3, 4, 1)

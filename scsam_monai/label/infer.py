@@ -11,7 +11,8 @@ network per device and reloads the head whenever its file changes. What ScSAM ne
 - every input is checked with the package's readers first: 404 for an unknown image, 415/422 naming the problem
   for a file the model cannot use (:mod:`.uploads`), instead of a 500 from deep inside a transform;
 - a head trained with another ``image_normalization`` than the configuration's (``model.pt`` records it) is
-  refused with 409 and a message naming both (the check itself is :mod:`scsam_monai.model_zoo`'s);
+  refused with 409 and a message naming both (the check itself is
+  :class:`~scsam_monai.data.preprocessing.ImagePreprocessing`'s);
 - 2D images and 3D stacks are segmented slice by slice in batches, streamed from the file by
   :func:`~scsam_monai.engines.volume_inference.segment_slices` (the bundle's own inference code): the bundle's
   transform chain would load a whole stack as float32 and keep the logits of every slice (a 350-slice
@@ -38,7 +39,6 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
 
-from scsam_monai.data.normalize import measure_volume_window
 from scsam_monai.engines.volume_inference import segment_slices
 from scsam_monai.io.readers import open_volume
 from scsam_monai.label.bundle import BundleSettings
@@ -113,26 +113,18 @@ class ServedHeadConstants(BundleConstants):
 
 
 class VolumeInfod:
-    """Pre-transform: the input's shape, voxel size and, for ``prepared`` normalisation, its intensity window.
+    """Pre-transform: the input's shape and voxel size, read with the package's readers.
 
-    Reads the file named by ``data["image_path"]`` with the package's readers, slice by slice, and adds
-    ``image_shape`` ``(Z, H, W)``, ``image_spacing`` (z, y, x, entries may be None) and ``image_window`` (the
-    volume's window, measured as ``scsam-prepare`` measures a cell's; None for ``per_image``).
-
-    Args:
-        image_normalization: what the served head was trained with.
+    Adds ``image_shape`` ``(Z, H, W)`` and ``image_spacing`` (z, y, x, entries may be None) of the file named by
+    ``data["image_path"]``. (The intensity window, where the model's preprocessing needs one, is measured while
+    inferring: it is the served model's to decide.)
     """
-
-    def __init__(self, image_normalization: str) -> None:
-        self.image_normalization = image_normalization
 
     def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
         d = dict(data)
         with open_volume(d["image_path"]) as volume:
             d["image_shape"] = tuple(int(s) for s in volume.shape)
             d["image_spacing"] = volume.spacing
-            prepared = self.image_normalization == "prepared"
-            d["image_window"] = measure_volume_window(volume) if prepared else None
         return d
 
 
@@ -198,7 +190,6 @@ class ScSAMInferTask(BundleInferTask):
         # one served head: BundleInferTask offers every *.pt of the bundle's models/ folder (encoders, training
         # states) as a model_filename choice, and BasicInferTask would load the one a client names
         self._config.pop("model_filename", None)
-        self.image_normalization = str(self.bundle_config.get_parsed_content("image_normalization"))
 
     def _load_bundle_config(self, path: str, config: str) -> ConfigParser:
         """``train.yaml`` + ``inference.yaml`` + the app's overlays and overrides, ``bundle_root`` set.
@@ -247,13 +238,15 @@ class ScSAMInferTask(BundleInferTask):
 
         (Replaces the bundle's ``preprocessing``, which loads the whole image with MONAI's readers.)
         """
-        return [VolumeInfod(self.image_normalization)]
+        return [VolumeInfod()]
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict[str, Any]:
         """Segment the input slice by slice in batches into a uint8 label map ``(Z, H, W)`` at ``data["pred"]``.
 
         The slices stream from the file through the network and the bundle's logit merging (threshold 0.5, as
-        ``postprocessing`` of ``inference.yaml``), so memory holds a few batches and the label map only.
+        ``postprocessing`` of ``inference.yaml``), so memory holds a few batches and the label map only. They are
+        normalised as the served network's preprocessing says (for ``prepared``: the file's own window, measured
+        as ``scsam-prepare`` measures a cell).
         """
         network = self._get_network(device, data)
         label = np.zeros(data["image_shape"], dtype=np.uint8)
@@ -266,8 +259,6 @@ class ScSAMInferTask(BundleInferTask):
                 network,
                 volume,
                 writer=write,
-                image_normalization=self.image_normalization,
-                window=data["image_window"],
                 batch_size=self.batch_size,
                 progress=False,
             )

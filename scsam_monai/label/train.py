@@ -46,10 +46,10 @@ from monai.bundle import ConfigParser
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.bundle import BundleConstants, BundleTrainTask
 
+from scsam_monai.data.preprocessing import ImagePreprocessing
 from scsam_monai.io.readers import open_volume
 from scsam_monai.label.bundle import BundleSettings, write_overrides
 from scsam_monai.label.uploads import UploadRejected, check_image, check_label
-from scsam_monai.model_zoo import recorded_normalization
 
 __all__ = ["ScSAMTrainConstants", "ScSAMTrainTask", "training_slices", "split_datalist"]
 
@@ -167,7 +167,7 @@ class ScSAMTrainTask(BundleTrainTask):
         super().__init__(str(settings.bundle_dir), dict(conf or {}), const=ScSAMTrainConstants(), load_strict=True)
         self.description = description
         self.num_classes = len(settings.class_names()) - 1
-        self.image_normalization = str(self.bundle_config.get_parsed_content("image_normalization"))
+        self.preprocessing = ImagePreprocessing.of(self.bundle_config.get_parsed_content("image_normalization"))
         self._run: _Run | None = None
 
     def _load_bundle_config(self, path: str, config: str) -> ConfigParser:
@@ -240,14 +240,14 @@ class ScSAMTrainTask(BundleTrainTask):
             return
         try:
             state = torch.load(self.model_path, map_location="cpu", weights_only=True)
-            recorded = recorded_normalization(state)
+            recorded = ImagePreprocessing.recorded(state)
         except Exception as err:  # noqa: BLE001 - any unreadable file: train from scratch, say why
             logger.warning(f"Training the head from scratch: the served head {self.model_path} is unreadable ({err}).")
             return
-        if recorded is not None and recorded != self.image_normalization:
+        if recorded is not None and recorded != self.preprocessing:
             logger.warning(
-                f"Training the head from scratch: the served head was trained with image_normalization {recorded!r}, "
-                f"this configuration normalises with {self.image_normalization!r}."
+                f"Training the head from scratch: the served head was trained with image_normalization "
+                f"{str(recorded)!r}, this configuration normalises with {str(self.preprocessing)!r}."
             )
             return
         if any(isinstance(h, dict) and h.get("_target_") == "CheckpointLoader" for h in train_handlers):

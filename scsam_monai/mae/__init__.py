@@ -7,10 +7,10 @@ The exported encoder (``bundle/models/mae_encoder.pt``) is what ``FrozenMaeEncod
 from __future__ import annotations
 
 from scsam_monai.mae import data, device_data, engine, handlers, model
-from scsam_monai.mae.data import LoadSlice2Dd, unlabelled_slices
+from scsam_monai.mae.data import unlabelled_slices
 from scsam_monai.mae.device_data import ResidentCropLoader, ResidentSlices, load_resident_slices, steps_per_epoch
-from scsam_monai.mae.engine import PREDICT_NOTHING_KEY, MaeTrainStep, find_resume_checkpoint, warmup_cosine_schedule
-from scsam_monai.mae.handlers import EncoderExporter, EngineState, EpochSeed, LossHistory, ReconstructionWriter
+from scsam_monai.mae.engine import PREDICT_NOTHING_KEY, MaeTrainStep, warmup_cosine_schedule
+from scsam_monai.mae.handlers import EncoderExporter, EpochSeed, LossHistory, ReconstructionWriter
 from scsam_monai.mae.model import MAE_DECODERS, MaskedAutoencoder, MaskedPatchLoss
 
 __all__ = [
@@ -22,14 +22,11 @@ __all__ = [
     "MAE_DECODERS",
     "MaskedAutoencoder",
     "MaskedPatchLoss",
-    "LoadSlice2Dd",
     "unlabelled_slices",
     "MaeTrainStep",
     "PREDICT_NOTHING_KEY",
-    "find_resume_checkpoint",
     "warmup_cosine_schedule",
     "EncoderExporter",
-    "EngineState",
     "EpochSeed",
     "LossHistory",
     "ReconstructionWriter",

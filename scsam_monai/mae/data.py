@@ -1,4 +1,4 @@
-"""Unlabelled EM slices for MAE pre-training: which slices, and reading one of them.
+"""Unlabelled EM slices for MAE pre-training: which slices (read by ``LoadEMImaged`` with ``slice_key="slice"``).
 
 A user's unlabelled data is a MONAI datalist (its images; labels are ignored), a folder of images (2D slices
 and/or 3D stacks), or one volume in any form :func:`scsam_monai.io.readers.open_volume` reads (a multi-page TIFF, a
@@ -8,37 +8,13 @@ glob or folder of per-slice files, HDF5, N5/Zarr, NIfTI, ...): every z slice of 
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
-from monai.config import KeysCollection
-from monai.transforms import MapTransform
-
-from scsam_monai.io.readers import check_pixels, open_volume
+from scsam_monai.io.readers import open_volume
 from scsam_monai.preparation.splits import parse_ranges
 
-__all__ = ["unlabelled_slices", "read_slice", "LoadSlice2Dd"]
-
-
-def read_slice(source: str | Path, index: int = 0, key: str | None = None) -> np.ndarray:
-    """Read z slice ``index`` of an image or volume (a 2D image is slice 0).
-
-    Args:
-        source: anything :func:`~scsam_monai.io.readers.open_volume` opens.
-        index: z index.
-        key: dataset key inside an HDF5 file or N5/Zarr container; None or "" for none.
-
-    Returns:
-        The slice (H, W); 1-bit slices come back as uint8 0/1.
-
-    Raises:
-        DataPreparationError (a ValueError): naming the source, when it cannot be read or holds unusable pixels.
-    """
-    with open_volume(source, key or None) as volume:
-        array = volume.read_slice(int(index))
-    check_pixels(array, f"{source} (slice {index})")
-    return array.astype(np.uint8) if array.dtype == bool else array
+__all__ = ["unlabelled_slices"]
 
 
 def _datalist_images(datalist: str | Path, splits: list[str]) -> list[str]:
@@ -116,34 +92,3 @@ def unlabelled_slices(
     return items
 
 
-class LoadSlice2Dd(MapTransform):
-    """Read the slice an item names (``{"image": source, "slice": z, "key": ...}``) as an (H, W) array.
-
-    Any source :func:`~scsam_monai.io.readers.open_volume` reads; ``slice`` (default 0) is the z index, ``key`` the
-    dataset inside a container. The source is kept under ``<key>_path``.
-
-    Args:
-        keys: keys holding the sources.
-        slice_key: item key of the z index.
-        volume_key: item key of the dataset key.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        slice_key: str = "slice",
-        volume_key: str = "key",
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.slice_key = slice_key
-        self.volume_key = volume_key
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
-        d = dict(data)
-        index = int(d.get(self.slice_key, 0))
-        container_key = str(d.get(self.volume_key) or "") or None
-        for key in self.key_iterator(d):
-            d[f"{key}_path"] = str(d[key])
-            d[key] = read_slice(d[key], index, container_key)
-        return d

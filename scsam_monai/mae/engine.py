@@ -1,6 +1,7 @@
-"""The MAE pre-training step for MONAI's ``SupervisedTrainer``, its learning-rate schedule, and resuming.
+"""The MAE pre-training step for MONAI's ``SupervisedTrainer`` and its learning-rate schedule.
 
-The trainer, optimizer, checkpoints and handlers are MONAI's (wired in ``bundle/configs/pretrain_mae.yaml``);
+The trainer, optimizer and most handlers are MONAI's (wired in ``bundle/configs/pretrain_mae.yaml``); checkpoints
+and resuming are the head training's :class:`~scsam_monai.engines.resume.TrainingCheckpoint`;
 the step replaces ``SupervisedTrainer``'s forward/loss because an MAE has no label: the network masks the batch
 and returns predictions and targets, the loss compares them on the masked patches. The schedule counts optimizer
 steps, not epochs, so that warm-up and decay do not depend on how many slices a data set has.
@@ -9,9 +10,7 @@ steps, not epochs, so that warm-up and decay do not depend on how many slices a 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 from monai.engines import SupervisedTrainer
@@ -19,12 +18,10 @@ from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["MaeTrainStep", "warmup_cosine_schedule", "find_resume_checkpoint", "PREDICT_NOTHING_KEY"]
+__all__ = ["MaeTrainStep", "warmup_cosine_schedule", "PREDICT_NOTHING_KEY"]
 
 #: Output key of the loss that predicting nothing (all zeros) would give on the same batch and masks.
 PREDICT_NOTHING_KEY = "predict_nothing"
-
-_EPOCH_IN_NAME = re.compile(r"epoch=(\d+)")
 
 
 class MaeTrainStep:
@@ -104,35 +101,3 @@ def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, *, warmup_steps: in
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return LambdaLR(optimizer, factor)
-
-
-def _saved_epoch(path: Path) -> tuple[float, float]:
-    match = _EPOCH_IN_NAME.search(path.name)
-    return (path.stat().st_mtime, float(match.group(1)) if match else math.inf)
-
-
-def find_resume_checkpoint(ckpt_dir: str | Path, resume: bool | str | None) -> str | None:
-    """The training checkpoint to resume from.
-
-    Args:
-        ckpt_dir: folder of the pre-training checkpoints (``checkpoint_epoch=N.pt`` and the final one).
-        resume: False/None: do not resume (returns None); True: the most recently written ``*.pt`` checkpoint in
-            ``ckpt_dir``; a path: that file.
-
-    Raises:
-        FileNotFoundError: ``resume`` asks for a checkpoint that does not exist.
-    """
-    if resume is None or resume is False or (isinstance(resume, str) and resume.strip().lower() in ("", "false")):
-        return None
-    if resume is True or (isinstance(resume, str) and resume.strip().lower() in ("true", "latest")):
-        folder = Path(ckpt_dir)
-        found = sorted((p for p in folder.glob("*.pt") if p.is_file()), key=_saved_epoch) if folder.is_dir() else []
-        if not found:
-            raise FileNotFoundError(
-                f"resume was asked for, but {folder} holds no checkpoint (*.pt) of an earlier pre-training run."
-            )
-        return str(found[-1])
-    path = Path(str(resume))
-    if not path.is_file():
-        raise FileNotFoundError(f"resume checkpoint not found: {path}.")
-    return str(path)

@@ -1,7 +1,9 @@
 """Ignite handlers of the MAE pre-training: epoch seeding, loss history, reconstruction figure, encoder export.
 
-MONAI's handlers do the rest (statistics, TensorBoard, checkpoints, resume, learning-rate schedule). Files are
-written atomically.
+MONAI's handlers do statistics, TensorBoard and the learning-rate schedule; checkpoints and resuming are the head
+training's :class:`~scsam_monai.engines.resume.TrainingCheckpoint`, and the loss history is an
+:class:`~scsam_monai.engines.curves.EpochHistory` as the head training's learning curve is. Files are written
+atomically.
 """
 
 from __future__ import annotations
@@ -15,54 +17,19 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from scsam_monai.atomic import atomic_save_figure, atomic_write_json
+from scsam_monai.atomic import atomic_save_figure
+from scsam_monai.engines.curves import EpochHistory, headless_pyplot, plot_series
+from scsam_monai.mae.engine import PREDICT_NOTHING_KEY
 
-__all__ = ["EngineState", "EpochSeed", "LossHistory", "ReconstructionWriter", "EncoderExporter"]
+__all__ = ["EpochSeed", "LossHistory", "ReconstructionWriter", "EncoderExporter"]
 
 logger = logging.getLogger(__name__)
 
 _MASK_COLOUR = (0.35, 0.55, 0.85)
 
 
-def _matplotlib():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
     return getattr(network, "module", network)  # DistributedDataParallel / DataParallel
-
-
-class EngineState:
-    """The state of the engine it is attached to, as a checkpointable object.
-
-    A bundle config cannot name the trainer inside the trainer's own handlers (a circular reference); this
-    stand-in, listed among the handlers, gives ``CheckpointSaver``/``CheckpointLoader`` the trainer's
-    ``state_dict``/``load_state_dict`` (epoch, iteration, epoch length, max epochs).
-    """
-
-    def __init__(self) -> None:
-        self.engine: Engine | None = None
-
-    def attach(self, engine: Engine) -> None:
-        self.engine = engine
-
-    def _engine(self) -> Engine:
-        if self.engine is None:
-            raise RuntimeError("EngineState is not attached to an engine; list it among the trainer's handlers.")
-        return self.engine
-
-    def state_dict(self) -> dict:
-        """The engine's ``state_dict``."""
-        return self._engine().state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore the engine's state (epoch, iteration, ...)."""
-        self._engine().load_state_dict(state)
 
 
 class EpochSeed:
@@ -100,7 +67,7 @@ class EpochSeed:
             set_rnd(self.dataset, seed)
 
 
-class LossHistory:
+class LossHistory(EpochHistory):
     """Mean training loss per epoch: ``engine.state.metrics[metric_name]``, ``<prefix>.json`` and ``<prefix>.png``.
 
     Per epoch it records the optimizer steps done so far, the mean loss, the mean loss that predicting nothing
@@ -117,89 +84,56 @@ class LossHistory:
         metric_name: name of the epoch mean in ``engine.state.metrics``.
     """
 
-    _FIELDS = ("epochs", "steps", "losses", "predict_nothing", "learning_rates")
+    fields = ("epochs", "steps", "losses", "predict_nothing", "learning_rates")
+    output_keys = ("loss", PREDICT_NOTHING_KEY)
 
     def __init__(self, output_dir: str | Path, prefix: str = "mae_loss", metric_name: str = "mae_epoch_loss") -> None:
-        self.output_dir = Path(output_dir)
-        self.prefix = prefix
+        super().__init__(output_dir, stem=prefix)
         self.metric_name = metric_name
-        self.epochs: list[int] = []
-        self.steps: list[int] = []
-        self.losses: list[float] = []
-        self.predict_nothing: list[float] = []
-        self.learning_rates: list[float] = []
-        self._iteration_losses: list[float] = []
-        self._iteration_nothing: list[float] = []
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self._start_epoch)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._record_iteration)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._record_epoch)
-
-    def state_dict(self) -> dict:
-        """The history, for checkpoints."""
-        return {name: list(getattr(self, name)) for name in self._FIELDS}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore the history of a checkpoint (fields a checkpoint of an older version lacks stay empty)."""
-        self.epochs = [int(e) for e in state.get("epochs", [])]
-        self.steps = [int(e) for e in state.get("steps", [])]
-        for name in ("losses", "predict_nothing", "learning_rates"):
-            setattr(self, name, [float(v) for v in state.get(name, [])])
-
-    def _start_epoch(self, _: Engine) -> None:
-        self._iteration_losses.clear()
-        self._iteration_nothing.clear()
-
-    def _record_iteration(self, engine: Engine) -> None:
-        output = engine.state.output
-        if not isinstance(output, dict):
-            return
-        if output.get("loss") is not None:
-            self._iteration_losses.append(float(output["loss"]))
-        if output.get("predict_nothing") is not None:
-            self._iteration_nothing.append(float(output["predict_nothing"]))
-
-    def _record_epoch(self, engine: Engine) -> None:
-        mean = float(np.mean(self._iteration_losses)) if self._iteration_losses else math.nan
-        self.epochs.append(int(engine.state.epoch))
-        self.steps.append(int(engine.state.iteration))
-        self.losses.append(mean)
-        self.predict_nothing.append(float(np.mean(self._iteration_nothing)) if self._iteration_nothing else math.nan)
-        optimizer = getattr(engine, "optimizer", None)
-        self.learning_rates.append(float(optimizer.param_groups[0]["lr"]) if optimizer is not None else math.nan)
+    def epoch_values(self, engine: Engine) -> dict[str, float]:
+        mean = self.epoch_mean("loss")
         engine.state.metrics[self.metric_name] = mean
-        self.write()
+        optimizer = getattr(engine, "optimizer", None)
+        return {
+            "epochs": int(engine.state.epoch),
+            "steps": int(engine.state.iteration),
+            "losses": mean,
+            "predict_nothing": self.epoch_mean(PREDICT_NOTHING_KEY),
+            "learning_rates": float(optimizer.param_groups[0]["lr"]) if optimizer is not None else math.nan,
+        }
 
-    def write(self) -> None:
-        """Write ``<prefix>.json`` and the plot ``<prefix>.png``."""
-        atomic_write_json(
-            self.output_dir / f"{self.prefix}.json",
-            {
-                "epoch": self.epochs,
-                "step": self.steps,
-                "loss": self.losses,
-                "predict_nothing": self.predict_nothing,
-                "lr": self.learning_rates,
+    def json_record(self) -> dict[str, list]:
+        history = self.history
+        return {
+            "epoch": history["epochs"],
+            "step": history["steps"],
+            "loss": history["losses"],
+            "predict_nothing": history["predict_nothing"],
+            "lr": history["learning_rates"],
+        }
+
+    def draw(self, plt):
+        history = self.history
+        by_step = len(history["steps"]) == len(history["losses"])
+        x = history["steps"] if by_step else history["epochs"]
+        series = {"masked-patch loss": (x, history["losses"])}
+        if len(history["predict_nothing"]) == len(x) and not all(math.isnan(v) for v in history["predict_nothing"]):
+            series["predicting nothing"] = (x, history["predict_nothing"])
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        plot_series(
+            ax,
+            "MAE pre-training loss (mean per epoch)",
+            series,
+            xlabel="optimizer step" if by_step else "epoch",
+            ylabel="masked-patch MSE",
+            styles={
+                "masked-patch loss": {"color": "tab:blue"},
+                "predicting nothing": {"color": "tab:gray", "linestyle": "--", "marker": ""},
             },
         )
-        plt = _matplotlib()
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        x = self.steps if len(self.steps) == len(self.losses) else self.epochs
-        marker = "o" if len(x) < 50 else None
-        ax.plot(x, self.losses, marker=marker, color="tab:blue", label="masked-patch loss")
-        if len(self.predict_nothing) == len(x) and not all(math.isnan(v) for v in self.predict_nothing):
-            ax.plot(x, self.predict_nothing, linestyle="--", color="tab:gray", label="predicting nothing")
-            ax.legend(fontsize=8)
-        ax.set(
-            xlabel="optimizer step" if x is self.steps else "epoch",
-            ylabel="masked-patch MSE",
-            title="MAE pre-training loss (mean per epoch)",
-        )
-        ax.grid(alpha=0.3)
         fig.tight_layout()
-        atomic_save_figure(self.output_dir / f"{self.prefix}.png", fig)
-        plt.close(fig)
+        return fig
 
 
 class ReconstructionWriter:
@@ -258,7 +192,7 @@ class ReconstructionWriter:
         self.written_epochs.append(int(engine.state.epoch))
 
     def _plot(self, out: dict[str, torch.Tensor], epoch: int, norm_pix: bool | str) -> None:
-        plt = _matplotlib()
+        plt = headless_pyplot()
         columns = [("masked", "masked input"), ("reconstruction", "reconstruction"), ("original", "original")]
         rows = out["original"].shape[0]
         fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.5 * rows + 0.4), squeeze=False)

@@ -6,14 +6,8 @@ and SAM's prompt encoder, initialises the last two from a SAM checkpoint when on
 compiles. The parts never know which variant they are in, and no module constructor reads a file. Its defaults
 are the paper's configuration (:data:`PAPER_HEAD`, 3 classes, SAM's 1024 canvas and 64 x 64 grid).
 
-In the bundle (``train.yaml``) the ``head`` section is passed once::
-
-    head_def:
-      _target_: scsam_monai.networks.build.build_scsam_head
-      settings: "@head"
-      num_classes: "@num_classes"
-      canvas_size: "@canvas_size"
-      sam_checkpoint: "@sam_checkpoint"
+In the bundle, :func:`scsam_monai.model.build_scsam` (``network_def`` of ``train.yaml`` and ``inference.yaml``)
+calls it with the ``head`` section, the class count and the SAM checkpoint it read once.
 """
 
 from __future__ import annotations
@@ -26,7 +20,7 @@ from typing import Any
 from segment_anything.modeling import PromptEncoder
 from torch import nn
 
-from scsam_monai.networks.checkpoints import load_sam_decoder_weights
+from scsam_monai.networks.checkpoints import SamCheckpoint, load_sam_decoder_weights
 from scsam_monai.networks.fafm import build_fusion
 from scsam_monai.networks.mask_decoder import build_mask_decoder
 from scsam_monai.networks.prompt_encoder import ClassPromptEncoder
@@ -63,7 +57,7 @@ def build_scsam_head(
     residual: bool = PAPER_HEAD["residual"],
     prompts: str = PAPER_HEAD["prompts"],
     num_sparse_tokens: int = PAPER_HEAD["num_sparse_tokens"],
-    sam_checkpoint: str | Path | None = None,
+    sam_checkpoint: str | Path | SamCheckpoint | None = None,
     channels_last: bool = False,
     compile: bool = False,
     head_class: type[ScSAMHead] = ScSAMHead,
@@ -84,8 +78,9 @@ def build_scsam_head(
         residual: keep the ``+ V_f`` residual of the class activation.
         prompts: "dense+sparse", "dense" or "sparse".
         num_sparse_tokens: sparse tokens per class.
-        sam_checkpoint: SAM (or SAM-compatible) checkpoint whose ``mask_decoder`` and ``prompt_encoder`` weights
-            initialise the decoder and the frozen positional / point embeddings; None keeps random ones.
+        sam_checkpoint: SAM (or SAM-compatible) checkpoint (a file, or a ``SamCheckpoint`` read already) whose
+            ``mask_decoder`` and ``prompt_encoder`` weights initialise the decoder and the frozen positional /
+            point embeddings; None keeps random ones.
         channels_last: run the fusion convolutions on channels-last tensors (a speed switch, same results).
         compile: ``torch.compile`` the fusion, the prompt encoder and the mask decoder in place (state-dict keys
             unchanged); the first call of each input shape compiles (tens of seconds).
@@ -144,7 +139,11 @@ def build_scsam_head(
 
 
 def build_sam_decoder_parts(
-    *, canvas_size: int = 1024, grid_size: int = 64, feature_dim: int = 256, sam_checkpoint: str | Path | None = None
+    *,
+    canvas_size: int = 1024,
+    grid_size: int = 64,
+    feature_dim: int = 256,
+    sam_checkpoint: str | Path | SamCheckpoint | None = None,
 ) -> tuple[nn.Module, PromptEncoder]:
     """SAM's mask decoder and SAM's prompt encoder for a head, initialised from a SAM checkpoint if one is given.
 
@@ -170,5 +169,6 @@ def build_sam_decoder_parts(
     )
     if sam_checkpoint:
         load_sam_decoder_weights(sam_checkpoint, mask_decoder=mask_decoder, prompt_encoder=sam_prompt_encoder)
-        logger.info("Mask decoder and prompt embeddings initialised from %s", sam_checkpoint)
+        source = sam_checkpoint.path if isinstance(sam_checkpoint, SamCheckpoint) else sam_checkpoint
+        logger.info("Mask decoder and prompt embeddings initialised from %s", source)
     return mask_decoder, sam_prompt_encoder

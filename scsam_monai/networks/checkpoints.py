@@ -13,6 +13,7 @@ it was pre-trained with (arch name, field of view, patch, width, depth, heads, i
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from scsam_monai.hashing import sha256_file
 
 __all__ = [
     "MAE_ARCHITECTURE_KEY",
+    "SamCheckpoint",
     "sha256_file",
     "load_sam_state_dict",
     "load_mae_state_dict",
@@ -137,6 +139,25 @@ def load_sam_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+@dataclass(frozen=True)
+class SamCheckpoint:
+    """A SAM checkpoint read once: its path (named in messages and cache keys) and its flat state dict.
+
+    The model builder reads the file once and hands this to the image encoder and to the head's decoder parts, as
+    segment-anything's ``build_sam`` reads its checkpoint once for the whole ``Sam``.
+    """
+
+    path: str
+    state: Mapping[str, torch.Tensor]
+
+    @classmethod
+    def of(cls, checkpoint: str | Path | SamCheckpoint) -> SamCheckpoint:
+        """``checkpoint`` itself, or the file it names read with :func:`load_sam_state_dict`."""
+        if isinstance(checkpoint, SamCheckpoint):
+            return checkpoint
+        return cls(str(checkpoint), load_sam_state_dict(checkpoint))
+
+
 def load_mae_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Read the MAE ViT encoder's state dict (timm ``VisionTransformer`` keys) and its architecture record.
 
@@ -201,23 +222,26 @@ def submodule_state(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str,
     return {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
 
 
-def load_sam_decoder_weights(checkpoint: str | Path, *, mask_decoder: nn.Module, prompt_encoder: nn.Module) -> None:
-    """Initialise SAM's mask decoder and prompt encoder (built by the caller) from a SAM checkpoint file.
+def load_sam_decoder_weights(
+    checkpoint: str | Path | SamCheckpoint, *, mask_decoder: nn.Module, prompt_encoder: nn.Module
+) -> None:
+    """Initialise SAM's mask decoder and prompt encoder (built by the caller) from a SAM checkpoint.
 
     Args:
-        checkpoint: an official or SAM-compatible checkpoint (read by :func:`load_sam_state_dict`).
+        checkpoint: an official or SAM-compatible checkpoint file (read by :func:`load_sam_state_dict`), or a
+            :class:`SamCheckpoint` read already.
         mask_decoder: receives the file's ``mask_decoder.*`` weights, strictly.
         prompt_encoder: receives the file's ``prompt_encoder.*`` weights, strictly.
 
     Raises:
         ValueError: the file cannot be read safely, or its weights do not fit the modules.
     """
-    state = load_sam_state_dict(checkpoint)
+    read = SamCheckpoint.of(checkpoint)
     for prefix, module in (("mask_decoder", mask_decoder), ("prompt_encoder", prompt_encoder)):
         try:
-            module.load_state_dict(submodule_state(state, prefix), strict=True)
+            module.load_state_dict(submodule_state(read.state, prefix), strict=True)
         except RuntimeError as err:
-            raise ValueError(f"{checkpoint}: its {prefix} weights do not fit this head: {err}") from err
+            raise ValueError(f"{read.path}: its {prefix} weights do not fit this head: {err}") from err
 
 
 def load_head_weights(head: nn.Module, path: str | Path) -> None:

@@ -24,7 +24,7 @@ import torch.nn as nn
 from segment_anything.modeling import ImageEncoderViT
 from timm.models.vision_transformer import VisionTransformer
 
-from scsam_monai.networks.checkpoints import load_mae_checkpoint, load_sam_state_dict, sha256_file, submodule_state
+from scsam_monai.networks.checkpoints import SamCheckpoint, load_mae_checkpoint, sha256_file, submodule_state
 from scsam_monai.networks.geometry import longest_side_size, pad_to_square, resize_longest
 from scsam_monai.networks.precision import PRECISIONS, precision_context, resolve_precision
 from scsam_monai.networks.sam_attention import SAM_ATTENTION_KINDS, sam_attention_kind, set_sam_attention
@@ -55,7 +55,8 @@ _SAM_COMMON = {
 
 #: Keyword arguments of ``segment_anything.modeling.ImageEncoderViT`` per architecture (``layer_norm_eps`` becomes
 #: ``norm_layer``). vit_b/l/h are exactly those of ``segment_anything.build_sam``; "tiny" (tests, CPU demo) keeps
-#: the 64x64 token grid and the 256x64x64 output with a 256 canvas, 4-pixel patches and two narrow blocks.
+#: the 64x64 token grid and the 256x64x64 output with a 256 canvas, 4-pixel patches and two narrow blocks. Every
+#: name but "tiny" is an official SAM checkpoint's (``scsam_monai.startup_checks.SAM_ARCHS`` is derived from it).
 SAM_ARCHITECTURES: dict[str, dict] = {
     "vit_b": {**_SAM_COMMON, "embed_dim": 768, "depth": 12, "num_heads": 12, "global_attn_indexes": (2, 5, 8, 11)},
     "vit_l": {**_SAM_COMMON, "embed_dim": 1024, "depth": 24, "num_heads": 16, "global_attn_indexes": (5, 11, 17, 23)},
@@ -285,8 +286,9 @@ class FrozenSamEncoder(_FrozenEncoder):
 
     Args:
         arch: key of :data:`SAM_ARCHITECTURES`: ``"vit_b"``, ``"vit_l"``, ``"vit_h"`` or ``"tiny"`` (tests/CPU).
-        checkpoint: SAM or SAM-compatible checkpoint (see :func:`.checkpoints.load_sam_state_dict`); None or "" for
-            none.
+        checkpoint: SAM or SAM-compatible checkpoint file (see :func:`.checkpoints.load_sam_state_dict`), or a
+            :class:`.checkpoints.SamCheckpoint` read already (the model builder reads the file once); None or ""
+            for none.
         allow_random_weights: build with random weights when ``checkpoint`` is None (a WARNING is logged).
         seed: seed of the random weights (the global RNG is left untouched).
         precision: ``"auto"`` (bf16 autocast on CUDA GPUs and CPUs that run bf16 natively, else fp16 on older GPUs
@@ -321,7 +323,7 @@ class FrozenSamEncoder(_FrozenEncoder):
         self,
         *,
         arch: str = "vit_b",
-        checkpoint: str | Path | None = None,
+        checkpoint: str | Path | SamCheckpoint | None = None,
         allow_random_weights: bool = False,
         seed: int = 0,
         precision: str = "auto",
@@ -338,7 +340,8 @@ class FrozenSamEncoder(_FrozenEncoder):
         self.precision = precision
         cfg = dict(SAM_ARCHITECTURES[arch])
         self.arch = arch
-        self.checkpoint = str(checkpoint) if checkpoint else None
+        read = checkpoint if isinstance(checkpoint, SamCheckpoint) else None
+        self.checkpoint = read.path if read is not None else (str(checkpoint) if checkpoint else None)
         self.img_size = int(cfg["img_size"])
         grid = self.img_size // cfg["patch_size"]
         self.embedding_shape = (int(cfg["out_chans"]), grid, grid)
@@ -358,7 +361,7 @@ class FrozenSamEncoder(_FrozenEncoder):
         if self.checkpoint is None:
             self.cache_key = f"sam-{arch}-random-seed{seed}"
         else:
-            state = submodule_state(load_sam_state_dict(self.checkpoint), "image_encoder")
+            state = submodule_state(SamCheckpoint.of(read or self.checkpoint).state, "image_encoder")
             try:
                 self.encoder.load_state_dict(state, strict=True)
             except RuntimeError as e:
@@ -502,7 +505,7 @@ class FrozenMaeEncoder(_FrozenEncoder):
             sections is this fixed pattern, against 21% for a random twin; ``experiments/results/real_em.md``). There,
             removing it did not help the head (MAE* test Dice 0.156 with it, 0.157 without, seed 0). Off by
             default (the paper embeds with the raw encoder output). The trained head does not record it: embed
-            with the same setting at inference as in training (``mae_encoder#subtract_blank`` in both configs).
+            with the same setting at inference as in training (``network_def#mae_options`` in both configs).
 
     Attributes:
         img_size: side of the square canvas (1024, 256 for "tiny").

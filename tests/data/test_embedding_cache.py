@@ -15,9 +15,9 @@ from scsam_monai.synthetic import write_synthetic_dataset
 from tests.helpers import train_preprocessing
 
 
-def _preprocessing(upper: float = 99.5) -> Compose:
-    """train.yaml's preprocessing, with the upper intensity percentile of its default normalisation set."""
-    return train_preprocessing({"intensity_transforms#per_image#upper": upper})
+def _preprocessing(normalization: str = "per_image") -> Compose:
+    """train.yaml's preprocessing with the given ``image_normalization``."""
+    return train_preprocessing({"image_normalization": normalization})
 
 
 def _augmentation(canvas: int = 256, scale: float = 0.5) -> Compose:
@@ -125,7 +125,8 @@ def test_other_encoder_or_preprocessing_never_reuses_entries(tmp_path, synthetic
     a = precompute_embeddings(synthetic[:1], preprocessing=_preprocessing(), sam_encoder=encoders[0], **common)
     other_seed = FrozenSamEncoder(arch="tiny", allow_random_weights=True, seed=1)
     b = precompute_embeddings(synthetic[:1], preprocessing=_preprocessing(), sam_encoder=other_seed, **common)
-    c = precompute_embeddings(synthetic[:1], preprocessing=_preprocessing(99.0), sam_encoder=encoders[0], **common)
+    prepared = _preprocessing("prepared")
+    c = precompute_embeddings(synthetic[:1], preprocessing=prepared, sam_encoder=encoders[0], **common)
     assert len({a[0]["sam"], b[0]["sam"], c[0]["sam"]}) == 3
     aug = _augmentation()
     first = transform_fingerprint(aug)

@@ -18,11 +18,11 @@ from scsam_monai.data.normalize import (
     IntensityWindow,
     PercentileAccumulator,
     SliceNormalizer,
-    check_image_normalization,
     measure_volume_window,
     normalize_slice,
     volume_window,
 )
+from scsam_monai.data.preprocessing import ImagePreprocessing
 from scsam_monai.io.readers import DataPreparationError, Volume, open_volume, read_image_2d
 from scsam_monai.preparation import CellSource, SplitSpec, prepare_dataset
 
@@ -230,6 +230,6 @@ def test_prepared_slice_window_is_train_yaml_prepared_transform_and_bad_names_ar
     values = np.arange(256, dtype=np.uint8).reshape(16, 16)
     monai = ScaleIntensityRange(0.0, 255.0, 0.0, 1.0, clip=True)(torch.from_numpy(values.astype(np.float32))[None])
     np.testing.assert_array_equal(normalize_slice(values, PREPARED_SLICE_WINDOW), monai[0].numpy())
-    assert [check_image_normalization(v) for v in IMAGE_NORMALIZATIONS] == ["per_image", "prepared"]
+    assert [str(ImagePreprocessing.of(v)) for v in IMAGE_NORMALIZATIONS] == ["per_image", "prepared"]
     with pytest.raises(ValueError, match="image_normalization must be one of per_image, prepared.*'per_volume'"):
-        check_image_normalization("per_volume")
+        ImagePreprocessing.of("per_volume")

@@ -1,5 +1,5 @@
 """One preprocessing from training to inference : a model trained on ``scsam-prepare``'s slices
-gives the same labels on the raw volume (``image_normalization="prepared"``: the volume's own window, measured
+gives the same labels on the raw volume (its preprocessing ``prepared``: the volume's own window, measured
 streaming as ``scsam-prepare`` measures it) as on the slices ``scsam-prepare`` wrote from it.
 
 A raw uint16 FIB-SEM-like volume (intensity drift along z, bright and dark organelles, a few hot and dead
@@ -18,6 +18,7 @@ from monai.data import load_decathlon_datalist
 from torch import nn
 
 from scsam_monai.cli.prepare import main as scsam_prepare
+from scsam_monai.data.preprocessing import ImagePreprocessing
 from scsam_monai.engines.inference_job import segment_inputs
 from tests.helpers import train_preprocessing
 
@@ -73,7 +74,7 @@ def _train(datalist: str) -> TinyHead:
         loss = nn.functional.binary_cross_entropy_with_logits(model(images), targets)
         loss.backward()
         optimizer.step()
-    return model.eval()
+    return ImagePreprocessing("prepared").attach(model.eval())  # recorded with its weights, as training does
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def prepared_and_trained(tmp_path_factory):
 
 def test_raw_volume_and_prepared_slices_give_the_same_labels(prepared_and_trained):
     work, raw, truth, model = prepared_and_trained
-    (record,) = segment_inputs(model, work / "raw.tif", work / "out_raw", image_normalization="prepared", batch_size=2)
+    (record,) = segment_inputs(model, work / "raw.tif", work / "out_raw", batch_size=2)
     from_raw = tifffile.imread(record["label"])
     records = [
         record
@@ -106,7 +107,6 @@ def test_raw_volume_and_prepared_slices_give_the_same_labels(prepared_and_traine
             work / "out_prepared",
             datalist=work / "prepared" / "datalist.json",
             split=split,
-            image_normalization="prepared",
             batch_size=2,
         )
     ]
@@ -122,9 +122,13 @@ def test_raw_volume_and_prepared_slices_give_the_same_labels(prepared_and_traine
 def test_per_image_normalisation_of_the_raw_volume_does_not_match_the_training(prepared_and_trained):
     """The check above can fail: the per-slice normalisation the model was not trained with changes the labels."""
     work, _, truth, model = prepared_and_trained
-    (record,) = segment_inputs(model, work / "raw.tif", work / "out_per_image", image_normalization="per_image")
+    ImagePreprocessing("per_image").attach(model)  # as if the weights recorded per-image normalisation
+    try:
+        (record,) = segment_inputs(model, work / "raw.tif", work / "out_per_image")
+    finally:
+        ImagePreprocessing("prepared").attach(model)
     per_image = tifffile.imread(record["label"])
-    (record,) = segment_inputs(model, work / "raw.tif", work / "out_raw2", image_normalization="prepared")
+    (record,) = segment_inputs(model, work / "raw.tif", work / "out_raw2")
     prepared = tifffile.imread(record["label"])
     assert (per_image == prepared).mean() < 0.95
     assert (prepared == truth).mean() - (per_image == truth).mean() > 0.03

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from scsam_monai.data.normalize import measure_volume_window, normalize_slice, volume_window
+from scsam_monai.data.preprocessing import ImagePreprocessing
 from scsam_monai.data.transforms import merge_class_logits
 from scsam_monai.engines.volume_inference import segment_slices
 from scsam_monai.io.readers import DataPreparationError, Volume
@@ -185,7 +186,8 @@ def test_prepared_normalisation_uses_one_window_measured_over_the_whole_volume(a
     volume = _raw_volume()
     model = Recorder()
     slices = _volume_of(volume) if as_volume else list(volume)
-    segment_slices(model, slices, image_normalization="prepared", batch_size=4, progress=False, writer=lambda i, lab: 0)
+    ImagePreprocessing("prepared").attach(model)  # the model's own preprocessing, as its weights record it
+    segment_slices(model, slices, batch_size=4, progress=False, writer=lambda i, lab: 0)
     window = volume_window(iter(volume), source="raw.tif")
     assert window == measure_volume_window(_volume_of(volume))  # the window scsam-prepare measures
     (batch,) = model.seen
@@ -196,14 +198,15 @@ def test_prepared_normalisation_uses_one_window_measured_over_the_whole_volume(a
 
 def test_prepared_needs_a_window_for_a_one_shot_iterator_and_unknown_values_are_refused():
     volume = _raw_volume(2)
+    prepared = ImagePreprocessing("prepared")
     with pytest.raises(ValueError, match="window="):
-        segment_slices(Recorder(), iter(volume), image_normalization="prepared", progress=False, writer=print)
+        segment_slices(Recorder(), iter(volume), preprocessing=prepared, progress=False, writer=print)
     window = volume_window(iter(volume), source="raw.tif")
     model = Recorder()
-    segment_slices(model, iter(volume), image_normalization="prepared", window=window, progress=False, writer=print)
+    segment_slices(model, iter(volume), preprocessing=prepared, window=window, progress=False, writer=print)
     np.testing.assert_array_equal(model.seen[1][0, 0].numpy(), normalize_slice(volume[1], window))
     with pytest.raises(ValueError, match="image_normalization must be one of per_image, prepared"):
-        segment_slices(Recorder(), list(volume), image_normalization="per_volume", progress=False, writer=print)
+        ImagePreprocessing("per_volume")
 
 
 def test_a_failing_read_of_a_volume_names_the_file_and_the_slice():

@@ -12,6 +12,7 @@ import tifffile
 import torch
 from torch import nn
 
+from scsam_monai.data.preprocessing import ImagePreprocessing
 from scsam_monai.engines import inference_job
 from scsam_monai.engines.inference_job import list_inputs, segment_inputs, segment_volume
 from scsam_monai.io.readers import Volume, open_volume
@@ -255,20 +256,14 @@ def test_a_failed_run_leaves_no_partial_output_and_keeps_the_old_one(tmp_path, m
         assert (tifffile.imread(out / "vol_seg.tif") == 7).all()
 
 
-def test_unknown_image_normalization_is_refused_before_anything_is_written(tmp_path):
-    _write_input("tiff", tmp_path / "vol.tif", _volume())
-    with pytest.raises(ValueError, match="image_normalization must be one of"):
-        segment_inputs(ThresholdModel(), tmp_path / "vol.tif", tmp_path / "out", image_normalization="volume")
-    assert not (tmp_path / "out").exists()
-
-
 def test_prepared_normalises_a_raw_input_per_volume_and_datalist_slices_as_training_read_them(tmp_path):
     from scsam_monai.data.normalize import PREPARED_SLICE_WINDOW, normalize_slice, volume_window
     from scsam_monai.data.transforms import merge_class_logits
 
     raw = (_volume(depth=4).astype(np.uint16) * 40 + 1000) * np.arange(1, 5, dtype=np.uint16)[:, None, None]
     _write_input("tiff", tmp_path / "raw.tif", raw)
-    (record,) = segment_inputs(ThresholdModel(), tmp_path / "raw.tif", tmp_path / "out", image_normalization="prepared")
+    model = ImagePreprocessing("prepared").attach(ThresholdModel())  # what its weights would record
+    (record,) = segment_inputs(model, tmp_path / "raw.tif", tmp_path / "out")
     window = volume_window(iter(raw), source="raw.tif")
     assert record["image_normalization"] == "prepared" and record["intensity_window"]["low"] == window.low
     x = torch.from_numpy(np.stack([normalize_slice(s, window) for s in raw]))[:, None]
@@ -279,14 +274,7 @@ def test_prepared_normalises_a_raw_input_per_volume_and_datalist_slices_as_train
     image = _volume(depth=1)[0]
     tifffile.imwrite(tmp_path / "s0.tif", image)
     (tmp_path / "datalist.json").write_text(json.dumps({"test": [{"image": str(tmp_path / "s0.tif")}]}))
-    (record,) = segment_inputs(
-        ThresholdModel(),
-        None,
-        tmp_path / "out2",
-        datalist=tmp_path / "datalist.json",
-        split="test",
-        image_normalization="prepared",
-    )
+    (record,) = segment_inputs(model, None, tmp_path / "out2", datalist=tmp_path / "datalist.json", split="test")
     assert record["intensity_window"] == PREPARED_SLICE_WINDOW.as_dict()
     x = torch.from_numpy(image.astype(np.float32) / 255)[None, None]
     np.testing.assert_array_equal(tifffile.imread(record["label"]), merge_class_logits(ThresholdModel()(x))[0, 0])

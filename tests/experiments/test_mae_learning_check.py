@@ -37,7 +37,7 @@ def test_the_check_pretrains_on_sections_0_to_14_only_and_unregisters_its_arch(t
         tifffile.imwrite(tmp_path / f"{z:02d}.tif", np.full((8, 8), z, dtype=np.uint8))
     parser = ConfigParser()
     parser.read_config(
-        [str(REPO / "bundle/configs/pretrain_mae.yaml"), str(REPO / "bundle/configs/pretrain_sstem.yaml")]
+        [str(REPO / "bundle/configs/pretrain_mae.yaml"), str(REPO / "experiments/configs/pretrain_sstem.yaml")]
     )
     parser["image_dir"] = str(tmp_path)
     items = parser.get_parsed_content("train#datalist")

@@ -71,7 +71,8 @@ def stub_repo(tmp_path: Path) -> Path:
         pytest.skip("needs ps")
     root = tmp_path / "repo"
     (root / "scripts").mkdir(parents=True)
-    shutil.copy(REPO / "scripts" / "real_em_report.sh", root / "scripts" / "real_em_report.sh")
+    (root / "experiments").mkdir()
+    shutil.copy(REPO / "experiments" / "real_em_report.sh", root / "experiments" / "real_em_report.sh")
     (root / "scripts" / "_env.sh").write_text(STUB_ENV)
     (root / "stub_bin").mkdir()
     python = root / "stub_bin" / "python"
@@ -91,7 +92,7 @@ def _run(root: Path, out: Path, seeds: str = "0", **env: str) -> subprocess.Comp
         **env,
     }
     return subprocess.run(
-        ["bash", str(root / "scripts" / "real_em_report.sh"), str(out), seeds],
+        ["bash", str(root / "experiments" / "real_em_report.sh"), str(out), seeds],
         cwd=root,
         env=environment,
         capture_output=True,

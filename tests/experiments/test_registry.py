@@ -18,6 +18,8 @@ def test_every_group_has_a_method_and_every_overlay_exists():
     for group in GROUPS:
         if group != "cross_dataset":
             assert any(group in m.groups for m in METHODS), group
+    for name, profile in PROFILES.items():
+        assert profile.name == name and profile.overlay.is_file(), name
     for method in METHODS:
         for profile in PROFILES:
             for path in _config_files(method, profile):
@@ -38,7 +40,7 @@ def _network(method_name: str, profile: str = "tiny"):
     parser = ConfigParser()
     parser.read_config(_config_files(method, profile))
     parser.update({"bundle_root": str(CONFIGS_DIR.parent)})
-    return parser, parser.get_parsed_content("network_def")
+    return parser, parser.get_parsed_content("network")
 
 
 @pytest.mark.parametrize(
@@ -117,14 +119,14 @@ def test_the_random_mae_twin_keeps_random_weights_whatever_the_user_overrides():
 
 def test_small_profile_rows_and_their_budget(tmp_path):
     small = PROFILES["small"]
-    assert set(small["methods"]) == {"scsam", "sam_only", "mae_only", "mae_only_random", "unet", "dynunet"}
+    assert set(small.methods) == {"scsam", "sam_only", "mae_only", "mae_only_random", "unet", "dynunet"}
     datalist = tmp_path / "datalist.json"
     datalist.write_text(json.dumps({"training": [{"image": "x", "label": "y"}] * 12}))
     plans = {}
     for name in ("scsam", "unet"):
         method = next(m for m in METHODS if m.name == name)
         files = _config_files(method, "small")
-        plans[name] = plan_row(method, files, {"datalist": str(datalist)}, small["budget_per_slice"])
+        plans[name] = plan_row(method, files, {"datalist": str(datalist)}, small.budget_per_slice)
     scsam, unet = plans["scsam"], plans["unet"]
     assert scsam.budget_samples == unet.budget_samples == 12 * 32  # the same samples for every row
     assert (scsam.max_epochs, unet.max_epochs) == (8, 32)  # 4 cached views per epoch against one view

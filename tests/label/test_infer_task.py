@@ -20,10 +20,10 @@ torch = pytest.importorskip("torch")
 from fastapi import HTTPException  # noqa: E402
 from monailabel.tasks.infer.bundle import BundleInferTask  # noqa: E402
 
+from scsam_monai.data.preprocessing import PREPROCESSING_KEY, ImagePreprocessing  # noqa: E402
 from scsam_monai.io.readers import open_volume  # noqa: E402
 from scsam_monai.label.bundle import BundleSettings  # noqa: E402
 from scsam_monai.label.infer import ScSAMInferTask, write_label  # noqa: E402
-from scsam_monai.model_zoo import record_normalization  # noqa: E402
 
 LABEL_NAMES = {"background": 0, "nucleus": 1, "mitochondria": 2, "granules": 3}
 
@@ -36,11 +36,12 @@ def settings() -> BundleSettings:
 def _save_head(settings: BundleSettings, path: Path, image_normalization: str | None) -> Path:
     """An untrained head's weights as training writes them (recording ``image_normalization`` unless None)."""
     torch.manual_seed(0)
-    head = settings.parser("train.yaml").get_parsed_content("head_def")
-    if image_normalization is not None:
-        record_normalization(head, image_normalization)
+    head = settings.parser("train.yaml").get_parsed_content("network_def").head
+    state = ImagePreprocessing.of(image_normalization or "per_image").attach(head).state_dict()
+    if image_normalization is None:
+        state.pop(PREPROCESSING_KEY)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(head.state_dict(), path)
+    torch.save(state, path)
     stat = path.stat()  # a new modification time, whatever the file system's clock resolution
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
     return path

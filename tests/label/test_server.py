@@ -37,7 +37,8 @@ def _untrained_head(path: Path) -> Path:
 
     from scsam_monai.label.bundle import BundleSettings
 
-    head = BundleSettings.from_conf({"configs": "demo.yaml"}).parser("train.yaml").get_parsed_content("head_def")
+    parser = BundleSettings.from_conf({"configs": "demo.yaml"}).parser("train.yaml")
+    head = parser.get_parsed_content("network_def").head
     torch.save(head.state_dict(), path)
     return path
 

@@ -24,7 +24,7 @@ import torch
 from ignite.engine import Engine
 from monai.bundle import ConfigParser
 
-from scsam_monai.model_zoo import recorded_normalization
+from scsam_monai.data.preprocessing import ImagePreprocessing
 
 BUNDLE_NAME = "scsam_em_organelle_segmentation"
 CONF = {"models": BUNDLE_NAME, "zoo_source": "github", "sam2": "false"}
@@ -202,7 +202,7 @@ def test_stock_train_task_trains_the_head_the_stock_inference_loads_and_warm_sta
     _train(task, datastore)
     assert head.is_file(), sorted(p.name for p in head.parent.iterdir())
     state = torch.load(head, map_location="cpu", weights_only=True)
-    assert recorded_normalization(state) == "per_image"
+    assert ImagePreprocessing.recorded(state) == ImagePreprocessing("per_image")
     infer = BundleInferTask(str(bundle), CONF)  # as the sample app builds it when the server starts
     assert infer.is_valid()
     network = infer._get_network("cpu", None)  # its loading of models/model.pt into network_def

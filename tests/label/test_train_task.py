@@ -50,11 +50,11 @@ def test_split_keeps_one_validation_slice_at_least_and_reuses_a_single_one():
 def _head_state(settings, image_normalization: str) -> dict:
     import torch
 
-    from scsam_monai.model_zoo import record_normalization
+    from scsam_monai.data.preprocessing import ImagePreprocessing
 
     torch.manual_seed(0)
-    head = settings.parser("train.yaml").get_parsed_content("head_def")
-    return record_normalization(head, image_normalization).state_dict()
+    head = settings.parser("train.yaml").get_parsed_content("network_def").head
+    return ImagePreprocessing.of(image_normalization).attach(head).state_dict()
 
 
 @pytest.fixture()

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from scsam_monai.mae.data import LoadSlice2Dd, read_slice, unlabelled_slices
+from scsam_monai.data.transforms import LoadEMImaged
+from scsam_monai.mae.data import unlabelled_slices
 from scsam_monai.synthetic import write_synthetic_dataset
+
+LOAD_SLICE = LoadEMImaged(keys="image", slice_key="slice", container_key="key")  # pretrain_mae.yaml's loader
 
 
 def test_datalist_images_of_training_and_validation_labels_ignored(tmp_path):
@@ -40,10 +43,10 @@ def test_folder_of_slices_and_volumes(tmp_path):
         "slice": 2,
         "key": "",
     }
-    loaded = LoadSlice2Dd(keys="image")(items[2])
+    loaded = LOAD_SLICE(items[2])
     assert loaded["image"].shape == (20, 30) and (loaded["image"] == 2).all()
     assert loaded["image_path"] == str(tmp_path / "a_volume.tif")
-    assert read_slice(tmp_path / "b_slice.tif").shape == (24, 16)
+    assert LOAD_SLICE({"image": tmp_path / "b_slice.tif"})["image"].shape == (24, 16)
 
 
 def test_a_folder_of_per_slice_files_is_one_volume(tmp_path):
@@ -51,7 +54,7 @@ def test_a_folder_of_per_slice_files_is_one_volume(tmp_path):
         tifffile.imwrite(tmp_path / f"section_{z}.tiff", np.full((8, 8), 10 * z, dtype=np.uint8))
     items = unlabelled_slices(image_dir=tmp_path, image_glob="*.tif")  # no *.tif: the folder is a stack
     assert [(i["image"], i["slice"]) for i in items] == [(str(tmp_path), z) for z in range(3)]
-    assert (LoadSlice2Dd(keys="image")(items[2])["image"] == 20).all()
+    assert (LOAD_SLICE(items[2])["image"] == 20).all()
 
 
 def test_nothing_to_pretrain_on_is_a_clear_error(tmp_path):
@@ -67,4 +70,4 @@ def test_nothing_to_pretrain_on_is_a_clear_error(tmp_path):
     nan = tmp_path / "nan.tif"
     tifffile.imwrite(nan, np.full((8, 8), np.nan, dtype=np.float32))
     with pytest.raises(ValueError, match="nan.tif"):
-        read_slice(nan)
+        LOAD_SLICE({"image": nan, "slice": 0})

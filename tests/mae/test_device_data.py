@@ -8,7 +8,8 @@ import tifffile
 import torch
 from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, ScaleIntensityRanged
 
-from scsam_monai.mae.data import LoadSlice2Dd, unlabelled_slices
+from scsam_monai.data.transforms import LoadEMImaged
+from scsam_monai.mae.data import unlabelled_slices
 from scsam_monai.mae.device_data import ResidentCropLoader, ResidentSlices, load_resident_slices, steps_per_epoch
 
 
@@ -104,7 +105,7 @@ def test_loading_normalises_and_resizes_to_the_embedding_scale(tmp_path):
     assert [item["slice"] for item in items] == [0, 2]
     preprocessing = Compose(
         [
-            LoadSlice2Dd(keys="image"),
+            LoadEMImaged(keys="image", slice_key="slice", container_key="key"),
             EnsureChannelFirstd(keys="image", channel_dim="no_channel"),
             EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
             ScaleIntensityRanged(keys="image", a_min=0, a_max=255, b_min=0, b_max=1, clip=True),

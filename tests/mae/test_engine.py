@@ -11,8 +11,9 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from scsam_monai.mae.engine import PREDICT_NOTHING_KEY, find_resume_checkpoint, warmup_cosine_schedule
-from scsam_monai.mae.handlers import EngineState, EpochSeed, LossHistory
+from scsam_monai.engines.resume import TrainingCheckpoint, find_resume_checkpoint
+from scsam_monai.mae.engine import PREDICT_NOTHING_KEY, warmup_cosine_schedule
+from scsam_monai.mae.handlers import EpochSeed, LossHistory
 
 
 def _lrs(warmup: int, total: int, steps: int) -> list[float]:
@@ -53,21 +54,112 @@ def test_schedule_state_holds_the_step_not_the_length():
 
 
 def test_find_resume_checkpoint(tmp_path):
-    assert find_resume_checkpoint(tmp_path, False) is None and find_resume_checkpoint(tmp_path, None) is None
+    saved = [tmp_path / "checkpoint_epoch=*.pt", tmp_path / "mae_checkpoint_final.pt"]
+    assert find_resume_checkpoint(False, saved) is None and find_resume_checkpoint(None, saved) is None
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        find_resume_checkpoint(tmp_path, True)
+        find_resume_checkpoint(True, saved)
     older, newer = tmp_path / "checkpoint_epoch=10.pt", tmp_path / "checkpoint_epoch=20.pt"
     final = tmp_path / "mae_checkpoint_final.pt"
+    (tmp_path / "other.pt").write_bytes(b"x")  # not a file this run writes
     for i, path in enumerate((older, newer, final)):
         path.write_bytes(b"x")
         os.utime(path, (time.time() - 100 + i, time.time() - 100 + i))
-    assert find_resume_checkpoint(tmp_path, True) == str(final)
-    assert find_resume_checkpoint(tmp_path, "latest") == str(final)
+    assert find_resume_checkpoint(True, saved) == final
+    assert find_resume_checkpoint("latest", saved) == final
     os.utime(newer, (time.time(), time.time()))
-    assert find_resume_checkpoint(tmp_path, True) == str(newer)
-    assert find_resume_checkpoint(tmp_path, str(older)) == str(older)
+    assert find_resume_checkpoint(True, saved) == newer
+    assert find_resume_checkpoint(str(older), saved) == older
     with pytest.raises(FileNotFoundError, match="nope.pt"):
-        find_resume_checkpoint(tmp_path, str(tmp_path / "nope.pt"))
+        find_resume_checkpoint(str(tmp_path / "nope.pt"), saved)
+
+
+def _counting_engine(losses: list[float]) -> Engine:
+    """An engine of 2 iterations per epoch whose step moves a weight by a random amount (from torch's RNG)."""
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+
+    def step(engine, batch):
+        optimizer.zero_grad()
+        loss = (weight * torch.rand(1)).sum()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(weight.detach()))
+        return {"loss": loss.detach()}
+
+    engine = Engine(step)
+    engine.weight, engine.optimizer = weight, optimizer
+    return engine
+
+
+def test_training_checkpoint_numbered_files_keep_and_final(tmp_path):
+    """Numbered saves every ``interval`` epochs, the newest ``keep`` kept, the final one at the end; all resumable."""
+    engine = _counting_engine([])
+    checkpoint = TrainingCheckpoint(
+        tmp_path / "checkpoint_epoch={epoch}.pt",
+        objects={"weight": torch.nn.ParameterList([engine.weight]), "optimizer": engine.optimizer},
+        interval=2,
+        keep=2,
+        final_path=tmp_path / "final.pt",
+    )
+    checkpoint.attach(engine)
+    engine.run([0, 0], max_epochs=7)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=4.pt", "checkpoint_epoch=6.pt", "final.pt"]
+    assert torch.load(tmp_path / "checkpoint_epoch=6.pt", weights_only=True)["trainer"] == {"epoch": 6, "iteration": 12}
+    assert torch.load(tmp_path / "final.pt", weights_only=True)["trainer"] == {"epoch": 7, "iteration": 14}
+
+
+def test_training_checkpoint_resumes_exactly_from_a_numbered_file(tmp_path):
+    straight: list[float] = []
+    engine = _counting_engine(straight)
+    objects = {"weight": torch.nn.ParameterList([engine.weight]), "optimizer": engine.optimizer}
+    TrainingCheckpoint(tmp_path / "a" / "checkpoint_epoch={epoch}.pt", objects=objects).attach(engine)
+    torch.manual_seed(0)
+    engine.run([0, 0], max_epochs=4)
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "checkpoint_epoch=2.pt").write_bytes((tmp_path / "a" / "checkpoint_epoch=2.pt").read_bytes())
+    resumed: list[float] = []
+    engine2 = _counting_engine(resumed)
+    objects2 = {"weight": torch.nn.ParameterList([engine2.weight]), "optimizer": engine2.optimizer}
+    TrainingCheckpoint(tmp_path / "b" / "checkpoint_epoch={epoch}.pt", objects=objects2, resume=True).attach(engine2)
+    torch.manual_seed(123)  # other draws than the saved RNG state: the checkpoint's must win
+    engine2.run([0, 0], max_epochs=4)
+    assert engine2.state.iteration == 8 and resumed == straight[4:]
+    assert float(engine2.weight.detach()) == float(engine.weight.detach())
+
+
+def test_training_checkpoint_saves_the_final_file_when_an_error_stops_training(tmp_path):
+    engine = _counting_engine([])
+
+    def fail_in_epoch_2(e):
+        if e.state.iteration == 3:
+            raise RuntimeError("stop")
+
+    objects = {"weight": torch.nn.ParameterList([engine.weight])}
+    TrainingCheckpoint(tmp_path / "last.pt", objects=objects, final_path=tmp_path / "final.pt").attach(engine)
+    engine.add_event_handler(Events.ITERATION_COMPLETED, fail_in_epoch_2)
+    with pytest.raises(RuntimeError, match="stop"):
+        engine.run([0, 0], max_epochs=3)
+    # one epoch completed, one iteration into the second: a resumed run finishes epoch 2 from its 2nd iteration
+    assert torch.load(tmp_path / "final.pt", weights_only=True)["trainer"] == {"epoch": 1, "iteration": 3}
+    resumed = _counting_engine([])
+    objects = {"weight": torch.nn.ParameterList([resumed.weight])}
+    TrainingCheckpoint(tmp_path / "last.pt", objects=objects, final_path=tmp_path / "final.pt", resume=True).attach(
+        resumed
+    )
+    epochs: list[tuple[int, int]] = []
+    resumed.add_event_handler(Events.ITERATION_COMPLETED, lambda e: epochs.append((e.state.epoch, e.state.iteration)))
+    resumed.run([0, 0], max_epochs=3)
+    assert epochs == [(2, 4), (3, 5), (3, 6)]
+
+
+def test_resume_without_a_checkpoint_is_an_error_and_writes_none(tmp_path):
+    engine = _counting_engine([])
+    checkpoint = TrainingCheckpoint(tmp_path / "last.pt", objects={}, resume=True, final_path=tmp_path / "final.pt")
+    checkpoint.attach(engine)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        engine.run([0, 0], max_epochs=1)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_loss_history_is_checkpointable(tmp_path):
@@ -97,23 +189,13 @@ def test_loss_history_is_checkpointable(tmp_path):
     assert restored.state_dict() == history.state_dict()
     older = LossHistory(tmp_path)
     older.load_state_dict({"epochs": [1], "losses": [2.0]})  # a checkpoint of the epoch-only history
-    assert older.epochs == [1] and older.steps == [] and older.losses == [2.0]
-
-
-def test_engine_state_checkpoints_the_engine_it_is_attached_to():
-    state = EngineState()
-    with pytest.raises(RuntimeError, match="not attached"):
-        state.state_dict()
-    engine = Engine(lambda e, b: None)
-    state.attach(engine)
-    engine.run([0, 0, 0], max_epochs=2)
-    saved = state.state_dict()
-    assert saved["iteration"] == 6 and saved["epoch_length"] == 3 and saved["max_epochs"] == 2
-    other = Engine(lambda e, b: None)
-    bound = EngineState()
-    bound.attach(other)
-    bound.load_state_dict(saved)
-    assert other.state.epoch == 2 and other.state.iteration == 6
+    assert older.state_dict() == {
+        "epochs": [1],
+        "steps": [],
+        "losses": [2.0],
+        "predict_nothing": [],
+        "learning_rates": [],
+    }
 
 
 def test_epoch_seed_depends_on_seed_and_epoch_only():

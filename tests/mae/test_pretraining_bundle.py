@@ -169,7 +169,10 @@ def test_pretraining_loss_falls_on_real_em_slices(tmp_path):
     assert encoder(torch.rand(1, 1, 1024, 1024)).shape == (1, 512, 64, 64)
 
 
-REAL_EM_OVERLAY = [str(REPO / "bundle/configs/pretrain_mae.yaml"), str(REPO / "bundle/configs/pretrain_real_em.yaml")]
+REAL_EM_OVERLAY = [
+    str(REPO / "bundle/configs/pretrain_mae.yaml"),
+    str(REPO / "experiments/configs/pretrain_real_em.yaml"),
+]
 
 
 def _real_em_workflow(dataset_dir: Path, **override) -> ConfigWorkflow:

@@ -22,7 +22,7 @@ def packaged(tmp_path_factory, repo_root) -> Path:
 
 
 def test_packaged_bundle_is_self_contained_with_one_set_of_configs(packaged, repo_root):
-    assert (packaged / "scsam_monai" / "model_zoo.py").is_file()
+    assert (packaged / "scsam_monai" / "model.py").is_file()
     assert not list(packaged.rglob("__pycache__")) and not (packaged / "models" / "model.pt").exists()
     configs = sorted(p.relative_to(packaged).as_posix() for p in packaged.rglob("*.yaml"))
     assert all(c.startswith("configs/") for c in configs) and "configs/inference.yaml" in configs

@@ -181,7 +181,7 @@ def _open_volume(path: str | Path | Sequence[str | Path], key: str | None) -> Vo
 def read_image_2d(path: str | Path) -> np.ndarray:
     """Read a single-channel 2D image ``(H, W)`` from ``path`` (1-bit images come back as uint8 0/1).
 
-    The reader of the images and label maps a datalist names (``LoadImage2Dd``): TIFF through tifffile (any bit
+    The reader of single 2D images (label maps, prepared slices): TIFF through tifffile (any bit
     depth), PNG/JPEG/BMP through Pillow, NIfTI/MHA/NRRD through MONAI's readers (transposed back to the file's
     (H, W)), HDF5 with a single dataset through h5py.
 
