@@ -30,8 +30,18 @@ BENCH_PROFILES = ("tiny.yaml", "small.yaml", "full.yaml", "mae_random.yaml")
 """The bench's own overlays (``experiments/configs``), which the bundle must not carry."""
 
 # root-level paths never part of a build: the virtual environment, git, outputs, data, build leftovers
-_NOT_SOURCE_AT_ROOT = {".venv", ".git", "outputs", "data", "dist", "build", ".hypothesis", ".cache",
-                       ".pytest_cache", ".ruff_cache"}
+_NOT_SOURCE_AT_ROOT = {
+    ".venv",
+    ".git",
+    "outputs",
+    "data",
+    "dist",
+    "build",
+    ".hypothesis",
+    ".cache",
+    ".pytest_cache",
+    ".ruff_cache",
+}
 
 
 def _bench_imports(path: Path) -> list[str]:
@@ -75,9 +85,22 @@ def wheel(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("wheel")
     _copy_source(REPO_ROOT, work / "src")
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-         "-w", str(work / "out"), str(work / "src")],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(work / "out"),
+            str(work / "src"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     (built,) = (work / "out").glob("*.whl")
@@ -95,8 +118,9 @@ def test_wheel_holds_the_scsam_monai_package_alone(wheel):
     assert top_level == [PACKAGE]
     # and nothing of the package is lost on the way (e.g. a folder a package finder would skip)
     shipped = {n for n in names if n.endswith(".py")}
-    source = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / PACKAGE).rglob("*.py")
-              if "__pycache__" not in p.parts}
+    source = {
+        p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / PACKAGE).rglob("*.py") if "__pycache__" not in p.parts
+    }
     assert source <= shipped, sorted(source - shipped)
 
 
@@ -155,8 +179,9 @@ def test_packaged_bundle_holds_the_product_and_no_bench(packaged_bundle):
     assert not importing, importing
     # the package inside is the repository's package, nothing more
     packed = {p.relative_to(root).as_posix() for p in files if p.parts[len(root.parts)] == PACKAGE}
-    source = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / PACKAGE).rglob("*.py")
-              if "__pycache__" not in p.parts}
+    source = {
+        p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / PACKAGE).rglob("*.py") if "__pycache__" not in p.parts
+    }
     assert packed == source, sorted(packed ^ source)
 
 
@@ -239,9 +264,17 @@ def broken_links(markdown: Path, root: Path = REPO_ROOT) -> list[str]:
 
 def test_the_documents_checked_include_every_readme_and_doc():
     names = {p.relative_to(REPO_ROOT).as_posix() for p in _documents()}
-    for required in ("README.md", "docs/mae.md", "docs/demo/README.md", "bundle/docs/README.md",
-                     "bundle/models/README.md", "apps/scsam/README.md", "experiments/README.md",
-                     "experiments/results/real_em.md", "benchmarks/README.md"):
+    for required in (
+        "README.md",
+        "docs/mae.md",
+        "docs/demo/README.md",
+        "bundle/docs/README.md",
+        "bundle/models/README.md",
+        "apps/scsam/README.md",
+        "experiments/README.md",
+        "experiments/results/real_em.md",
+        "benchmarks/README.md",
+    ):
         assert required in names, required
 
 
@@ -255,7 +288,7 @@ def test_the_link_check_finds_a_missing_target_and_skips_code_and_urls(tmp_path)
     (tmp_path / "here.png").write_bytes(b"")
     doc = tmp_path / "sub" / "doc.md"
     doc.write_text(
-        "[ok](../here.png) ![img](<../here.png> \"title\") [anchor](#x) [web](https://example.org/nothing)\n"
+        '[ok](../here.png) ![img](<../here.png> "title") [anchor](#x) [web](https://example.org/nothing)\n'
         "[gone](../docs/gone.md#part) [`code text`](missing_dir/)\n"
         "`[not a link](nowhere.md)`\n```\n[in a block](nowhere.md)\n```\n"
         "[ref]: /sub/absent.md\n[root](/here.png)\n"

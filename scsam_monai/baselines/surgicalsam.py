@@ -195,7 +195,7 @@ def build_surgicalsam_head(
     compile: bool = False,
     **switches: Any,
 ) -> SurgicalSAMHead:
-    """Build the SurgicalSAM head; called like ``build_scsam_head``, so that ``build_scsam(head_builder=...)`` takes either.
+    """Build the SurgicalSAM head; called like ``build_scsam_head``, so ``build_scsam(head_builder=...)`` takes both.
 
     Args:
         settings: the bundle's ``head`` section. SurgicalSAM has none of ScSAM's switches: ``streams`` must be

@@ -9,8 +9,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from scsam_monai.io.readers import DataPreparationError, open_volume
-from scsam_monai.io.readers.volume import check_pixels
+from scsam_monai.io.readers import DataPreparationError, read_image
 from scsam_monai.networks.geometry import resize_longest_and_pad
 
 __all__ = [
@@ -67,25 +66,9 @@ class LoadEMImaged(MapTransform):
         for key in self.key_iterator(d):
             source = d[key]
             d[f"{key}_path"] = str(source)
-            d[key] = self._read(source, None if index is None else int(index), container)
+            array = read_image(source, index=None if index is None else int(index), key=container, stacks=self.stacks)
+            d[key] = np.moveaxis(array, 0, -1) if array.ndim == 3 else array
         return d
-
-    def _read(self, source: object, index: int | None, container: str | None) -> np.ndarray:
-        with open_volume(source, container) as volume:
-            if min(volume.shape) == 0:
-                raise DataPreparationError(f"{source}: the image is empty (shape {volume.shape}).")
-            if index is not None:
-                array, where = volume.read_slice(index), f"{source} (slice {index})"
-            elif volume.shape[0] == 1:
-                array, where = volume.read_slice(0), source
-            elif self.stacks:
-                array, where = np.moveaxis(volume.read(), 0, -1), source
-            else:
-                raise DataPreparationError(
-                    f"{source}: expected a 2D single-channel image, got a stack of shape {volume.shape}."
-                )
-        check_pixels(array, where)
-        return array.astype(np.uint8) if array.dtype == bool else array
 
 
 class LoadCachedArrayd(MapTransform):

@@ -272,8 +272,7 @@ def segment_inputs(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     records = [
-        segment_volume(model, item, output_dir, **kwargs)
-        for item in list_inputs(input, datalist=datalist, split=split)
+        segment_volume(model, item, output_dir, **kwargs) for item in list_inputs(input, datalist=datalist, split=split)
     ]
     first = next((r["overlays"][0] for r in records if r["overlays"]), None)
     if summary_overlay and first:

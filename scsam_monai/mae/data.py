@@ -90,5 +90,3 @@ def unlabelled_slices(
             raise ValueError(f"select {select!r}: ranges {beyond} go beyond the {len(items)} slices in {where}.")
         items = [items[i] for i in sorted({i for a, b in ranges for i in range(a, b)})]
     return items
-
-

@@ -9,8 +9,20 @@ import scsam_monai.networks
 
 NETWORKS = Path(scsam_monai.networks.__file__).parent
 ABOVE = (
-    "engines", "label", "startup_checks", "baselines", "export", "mae", "cli", "data", "io", "preparation",
-    "synthetic", "palette", "model_zoo", "bundle_command",
+    "engines",
+    "label",
+    "startup_checks",
+    "baselines",
+    "export",
+    "mae",
+    "cli",
+    "data",
+    "io",
+    "preparation",
+    "synthetic",
+    "palette",
+    "model",
+    "bundle_command",
 )
 
 

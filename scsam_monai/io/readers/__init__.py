@@ -35,13 +35,14 @@ below from this package.
 
 from __future__ import annotations
 
-from scsam_monai.io.readers.dispatch import open_volume, read_image_2d
+from scsam_monai.io.readers.dispatch import open_volume, read_image, read_image_2d
 from scsam_monai.io.readers.volume import DataPreparationError, Volume, check_memory, check_pixels, natural_key
 
 __all__ = [
     "DataPreparationError",
     "Volume",
     "open_volume",
+    "read_image",
     "read_image_2d",
     "check_pixels",
     "check_memory",

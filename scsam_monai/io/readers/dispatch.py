@@ -1,5 +1,6 @@
 """:func:`open_volume`: picks the reader for a file, a folder or glob of per-slice files, a list of files, an
-N5/Zarr container or a URL; :func:`read_image_2d`: one 2D image of a datalist, checked.
+N5/Zarr container or a URL; :func:`read_image`: one checked image or slice of any of them (:func:`read_image_2d`:
+of a file).
 
 One file opens with the reader its suffix names (the table in :mod:`scsam_monai.io.formats`). Folders that
 are N5 or Zarr containers open as arrays; other folders (sorted naturally), globs and lists are stacks of
@@ -33,7 +34,7 @@ from scsam_monai.io.readers.pillow import open_pillow, pillow_header, read_pillo
 from scsam_monai.io.readers.tiff import open_tiff
 from scsam_monai.io.readers.volume import DataPreparationError, Index, Volume, check_pixels, natural_key
 
-__all__ = ["open_volume", "read_image_2d"]
+__all__ = ["open_volume", "read_image", "read_image_2d"]
 
 
 # ---- one file, and per-slice files as a stack -------------------------------------------------------------
@@ -178,32 +179,53 @@ def _open_volume(path: str | Path | Sequence[str | Path], key: str | None) -> Vo
     return _open_file(location, key)
 
 
-def read_image_2d(path: str | Path) -> np.ndarray:
-    """Read a single-channel 2D image ``(H, W)`` from ``path`` (1-bit images come back as uint8 0/1).
+def read_image(
+    source: str | Path, *, index: int | None = None, key: str | None = None, stacks: bool = False
+) -> np.ndarray:
+    """Read one checked image from anything :func:`open_volume` opens, row-major as the source stores it.
 
-    The reader of single 2D images (label maps, prepared slices): TIFF through tifffile (any bit
-    depth), PNG/JPEG/BMP through Pillow, NIfTI/MHA/NRRD through MONAI's readers (transposed back to the file's
-    (H, W)), HDF5 with a single dataset through h5py.
+    Args:
+        source: a file, folder, container or URL.
+        index: the z slice to read (None: the source must be one 2D image, or a stack when ``stacks``).
+        key: dataset inside an HDF5 file / array inside an N5 or Zarr container.
+        stacks: read a 3D stack whole, as ``(Z, H, W)``.
+
+    Returns:
+        ``(H, W)`` (``(Z, H, W)`` for a stack with ``stacks``); 1-bit images come back as uint8 0/1.
+
+    Raises:
+        DataPreparationError: (a ``ValueError``) naming the source (and slice) when it cannot be read, is a stack
+            where one 2D image was expected, is empty, or holds pixels that are not integers, booleans or finite
+            floats.
+    """
+    with open_volume(source, key) as volume:
+        if min(volume.shape) == 0:
+            raise DataPreparationError(f"{source}: the image is empty (shape {volume.shape}).")
+        if index is not None:
+            array, where = volume.read_slice(int(index)), f"{source} (slice {index})"
+        elif volume.shape[0] == 1:
+            array, where = volume.read_slice(0), source
+        elif stacks:
+            array, where = volume.read(), source
+        else:
+            raise DataPreparationError(
+                f"{source}: expected a 2D single-channel image, got a stack of shape {volume.shape}."
+            )
+    check_pixels(array, where)
+    return array.astype(np.uint8) if array.dtype == bool else array
+
+
+def read_image_2d(path: str | Path) -> np.ndarray:
+    """Read a single-channel 2D image ``(H, W)`` from the file ``path`` (1-bit images come back as uint8 0/1).
+
+    TIFF through tifffile (any bit depth), PNG/JPEG/BMP through Pillow, NIfTI/MHA/NRRD through MONAI's readers
+    (transposed back to the file's (H, W)), HDF5 with a single dataset through h5py.
 
     Raises:
         FileNotFoundError: when the file does not exist.
-        DataPreparationError: (a ``ValueError``) when it cannot be read (truncated, corrupt, unknown format), is
-            not one 2D single-channel image (a 3D stack, 4D data, several channels), is empty, has pixels of
-            another dtype than integers, booleans or floats, or holds NaN or infinite values. The message names
-            the file.
+        DataPreparationError: as :func:`read_image` (a 3D stack, an empty image, unusable pixels), naming the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found.")
-    with open_volume(path) as volume:
-        if volume.shape[0] != 1:
-            raise DataPreparationError(
-                f"{path}: expected a 2D single-channel image, got a stack of shape {volume.shape}."
-            )
-        if min(volume.shape) == 0:
-            raise DataPreparationError(f"{path}: the image is empty (shape {volume.shape[1:]}).")
-        array = volume.read_slice(0)
-    check_pixels(array, path)
-    if array.dtype == bool:
-        array = array.astype(np.uint8)
-    return array
+    return read_image(path)
