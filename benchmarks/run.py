@@ -15,13 +15,14 @@ import torch
 from benchmarks.mae_throughput import mae_pretraining_throughput
 from benchmarks.memory import measure_volume_memory
 from benchmarks.models import build_model, describe_weights
-from benchmarks.profiles import BenchmarkProfile
+from benchmarks.profiles import BenchmarkProfile, get_profile
 from benchmarks.report import RATIO_KEYS, check_targets, compute_ratios, matmul_fractions, write_report
 from benchmarks.sections import cache_read, flops_section, head_training, per_image_inference
 from benchmarks.volume_pipeline import measure_volume_pipeline
+from scsam_monai.networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
 from scsam_monai.networks.precision import cpu_has_native_bf16, dtype_name
 
-__all__ = ["SECTIONS", "run_benchmark"]
+__all__ = ["SECTIONS", "encoder_parameters", "run_benchmark"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +59,57 @@ def _environment(device: torch.device, amp_dtype: torch.dtype | None, sam_dtype:
     }
 
 
+def encoder_parameters(sam_arch: str, mae_arch: str) -> int:
+    """Parameters of the SAM and MAE encoders of these architectures, built on the meta device (no weights, no time).
+
+    Args:
+        sam_arch: ``FrozenSamEncoder``'s ``arch``.
+        mae_arch: ``FrozenMaeEncoder``'s ``arch``.
+    """
+    encoders_logger = logging.getLogger(FrozenSamEncoder.__module__)
+    level = encoders_logger.level
+    encoders_logger.setLevel(logging.ERROR)  # no random-weights warning for encoders that are only counted
+    try:
+        with torch.device("meta"):
+            encoders = [
+                FrozenSamEncoder(arch=sam_arch, allow_random_weights=True),
+                FrozenMaeEncoder(arch=mae_arch, allow_random_weights=True),
+            ]
+    finally:
+        encoders_logger.setLevel(level)
+    return sum(p.numel() for encoder in encoders for p in encoder.parameters())
+
+
+def _sizes(profile: BenchmarkProfile) -> dict:
+    """The profile's encoder parameters against the full profile's (the real model's)."""
+    full = get_profile("full")
+    return {
+        "archs": [profile.sam_arch, profile.mae_arch],
+        "encoder_parameters": encoder_parameters(profile.sam_arch, profile.mae_arch),
+        "full_archs": [full.sam_arch, full.mae_arch],
+        "full_encoder_parameters": encoder_parameters(full.sam_arch, full.mae_arch),
+    }
+
+
 def _notes(profile: BenchmarkProfile, device: torch.device, report: dict) -> list[str]:
     notes = []
     if report["random_weights"]:
         notes.append("Encoders with RANDOM weights: the timings are those of the real architectures, nothing else is.")
     if profile.sam_arch == "tiny" or profile.mae_arch == "tiny":
+        sizes = report["sizes"]
+        share = sizes["encoder_parameters"] / sizes["full_encoder_parameters"]
+        cost = (
+            f"Tiny encoders: {sizes['encoder_parameters']:,} parameters, {share:.1%} of the "
+            f"{sizes['full_encoder_parameters']:,} of SAM {sizes['full_archs'][0]} + the paper's MAE "
+            f"({sizes['full_archs'][1]})"
+        )
+        flops = (report.get("per_image") or {}).get("flops_per_image")
+        if flops:
+            ratio = flops["head"] / (flops["sam_encoder"] + flops["mae_encoder"])
+            cost += f", while the head is the real-size head ({ratio:.2f} times their FLOPs per image in this run)"
         notes.append(
-            "Tiny encoders: they cost about 3% of SAM vit_b + the paper's MAE while the head is the real-size head, "
-            "so head_over_encoders, full_over_* and encoder_flops_fraction say nothing about the real model; the "
-            "targets on them apply to the full profile."
+            cost + ", so head_over_encoders, full_over_* and encoder_flops_fraction say nothing about the real model; "
+            "the targets on them apply to the full profile."
         )
     memory = report.get("memory")
     if memory:
@@ -196,6 +239,7 @@ def _run(
         "profile": profile.to_dict(),
         "environment": _environment(device, amp_dtype, sam_dtype),
         **describe_weights(model),
+        "sizes": _sizes(profile),
         "sections": list(sections),
     }
     timings: dict = {}

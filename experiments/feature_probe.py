@@ -14,7 +14,7 @@ No seeds, no schedule, seconds on a CPU for the tiny encoders. Features are stan
 statistics first (as MAE's own linear probing normalises them), so scale differences between encoders do not count.
 
 Run: ``python -m experiments.feature_probe --datalist OUT/data/datalist.json
---mae-checkpoint OUT/mae/mae_encoder.pt --out OUT/feature_probe`` (see ``experiments/results/real_em.md``).
+--mae-checkpoint OUT/mae/mae_encoder.pth --out OUT/feature_probe`` (see ``experiments/results/real_em.md``).
 """
 
 from __future__ import annotations
@@ -281,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m experiments.feature_probe", description=__doc__)
     parser.add_argument("--datalist", required=True, help="scsam-prepare datalist (prepared slices)")
-    parser.add_argument("--mae-checkpoint", required=True, help="the pre-trained MAE encoder (mae_encoder.pt)")
+    parser.add_argument("--mae-checkpoint", required=True, help="the pre-trained MAE encoder (mae_encoder.pth)")
     parser.add_argument("--mae-arch", default="tiny")
     parser.add_argument("--sam-arch", default="tiny")
     parser.add_argument(

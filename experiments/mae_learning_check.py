@@ -99,7 +99,7 @@ def run_learning_check(
         "image_dir": str(image_dir),
         "output_dir": str(scratch / "eval"),
         "ckpt_dir": str(scratch / "checkpoints"),
-        "export_path": str(scratch / "mae_encoder.pt"),
+        "export_path": str(scratch / "mae_encoder.pth"),
         **overrides,
     }
     try:

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", default="tiny", help="MAE architecture (default tiny)")
     parser.add_argument("--seed", type=int, default=0, help="torch seed of the initialisation (default 0)")
     parser.add_argument("--depth", type=int, help="encoder blocks (default: the arch's)")
-    parser.add_argument("--out", required=True, help="encoder file to write (mae_encoder.pt format)")
+    parser.add_argument("--out", required=True, help="encoder file to write (mae_encoder.pth format)")
     args = parser.parse_args(argv)
     print(export_untrained_encoder(args.out, args.arch, args.seed, depth=args.depth))
     return 0

@@ -7,7 +7,7 @@
 #      downscaled 4x to 256 x 256, the canvas of the small profile;
 #   2. pre-trains the tiny MAE on the prepared training + validation sections only (pretrain_real_em.yaml: the
 #      datalist's training and validation images as the experiments see them, never a test section) into OUT/mae
-#      (encoder: OUT/mae/mae_encoder.pt, loss curve: OUT/mae/mae_loss.png, log: OUT/mae_pretraining.log), beside
+#      (encoder: OUT/mae/mae_encoder.pth, loss curve: OUT/mae/mae_loss.png, log: OUT/mae_pretraining.log), beside
 #      the row groups that do not embed with it, which run at a lower CPU priority meanwhile; the groups with
 #      ScSAM or MAE* start when it has finished;
 #   3. runs scripts/run_experiments.py --profile small for the rows ScSAM, SAM*, MAE*, MAE* (random MAE), UNet and
@@ -100,7 +100,7 @@ run_group() {  # SEED GROUP RUN_DIR: one run_experiments process (waits for the 
       echo "real_em_report: no pre-trained MAE at $mae_final (see $OUT/mae_pretraining.log): rows $group not run" >&2
       return 1
     fi
-    mae=(--override "mae_checkpoint=$OUT/mae/mae_encoder.pt")
+    mae=(--override "mae_checkpoint=$OUT/mae/mae_encoder.pth")
   elif [ -n "$pretrain_pid" ] && kill -0 "$pretrain_pid" 2>/dev/null; then  # only while the pre-training runs
     priority=(nice -n 10)
   fi
@@ -138,12 +138,12 @@ fi
 log "4/5 aggregating the seeds into $OUT/summary.{csv,json,md}"
 python -m experiments.seed_summary "$OUT" "${SEED_LIST[@]}" --title "Real EM (ssTEM sample), small profile"
 
-if [ -f "$OUT/mae/mae_encoder.pt" ]; then
+if [ -f "$OUT/mae/mae_encoder.pth" ]; then
   log "5/5 linear probes of the frozen features into $OUT/feature_probe"
   # beside the pre-trained MAE and its random twins: an untrained MAE of the same construction (step 0, seed 0)
   python -m experiments.mae_untrained --arch tiny --seed 0 --out "$OUT/mae_untrained_seed0.pt" > /dev/null
   python -m experiments.feature_probe --datalist "$OUT/data/datalist.json" \
-    --mae-checkpoint "$OUT/mae/mae_encoder.pt" --out "$OUT/feature_probe" \
+    --mae-checkpoint "$OUT/mae/mae_encoder.pth" --out "$OUT/feature_probe" \
     --extra-mae "MAE (untrained: step 0, seed 0)=$OUT/mae_untrained_seed0.pt"
 else
   log "5/5 no pre-trained MAE in $OUT/mae: linear probes skipped"

@@ -10,7 +10,7 @@ CONFIGS="['bundle/configs/train.yaml','bundle/configs/demo.yaml']"
 EVAL_CONFIGS="['bundle/configs/train.yaml','bundle/configs/evaluate.yaml','bundle/configs/demo.yaml']"
 INFER_CONFIGS="['bundle/configs/train.yaml','bundle/configs/inference.yaml','bundle/configs/demo.yaml']"
 COMMON=(--meta_file bundle/configs/metadata.json --logging_file bundle/configs/logging.conf)
-MAE=(--mae_checkpoint "$OUT/models/mae_encoder.pt" --mae_allow_random_weights false)
+MAE=(--mae_checkpoint "$OUT/models/mae_encoder.pth" --mae_allow_random_weights false)
 export PYTHONWARNINGS="ignore"
 start=$(date +%s)
 

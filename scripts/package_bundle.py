@@ -26,6 +26,10 @@ BUNDLE_NAME = "scsam_em_organelle_segmentation"
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json", ".conf")
 REQUIRED = ("configs/metadata.json", "configs/inference.yaml", "configs/train.yaml", "docs/README.md", "LICENSE")
 PACKAGE_SUFFIXES = (".py",)
+LEFT_OUT = ("label", "bundle_command.py")
+"""Parts of scsam_monai the Model Zoo bundle leaves out, both for running from the repository: the MONAI Label app's
+tasks (they need monailabel, which the Zoo does not install; MONAI Label serves the bundle with its stock tasks) and
+the command line of the repository's bundle folder."""
 
 
 def bundle_files(bundle_dir: Path, package_dir: Path, weights: Path | None = None) -> dict[str, Path]:
@@ -47,7 +51,13 @@ def bundle_files(bundle_dir: Path, package_dir: Path, weights: Path | None = Non
     if not (package_dir / "__init__.py").is_file():
         raise FileNotFoundError(f"{package_dir}: not the scsam_monai package (no __init__.py).")
     for path in sorted(package_dir.rglob("*")):
-        if path.is_file() and path.suffix in PACKAGE_SUFFIXES and "__pycache__" not in path.parts:
+        inside = path.relative_to(package_dir).parts
+        if (
+            path.is_file()
+            and path.suffix in PACKAGE_SUFFIXES
+            and "__pycache__" not in inside
+            and inside[0] not in LEFT_OUT
+        ):
             files[f"scsam_monai/{path.relative_to(package_dir).as_posix()}"] = path
     if weights is not None:
         check_weights(weights)

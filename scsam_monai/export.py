@@ -131,7 +131,7 @@ def export_scsam_torchscript(
         "image_size": list(size),
         "input": f"(B, 1, H, W) float32 image in [0, 1], normalised with image_normalization {normalization!r}",
         "image_normalization": normalization,
-        "output": "(B, C, H, W) logits; a pixel takes the class of the largest logit above 0, else background",
+        "output": "(B, 1 + C, H, W) logits, channel 0 the background's: the argmax over channels is the label map",
         "num_classes": int(network.head.num_classes),
         "head_checkpoint": Path(head_checkpoint).name,
         "max_abs_difference_to_eager": diff,

@@ -113,15 +113,63 @@ def test_metadata_version_is_in_the_changelog(meta):
     assert meta["version"] in meta["changelog"]
 
 
-def test_metadata_versions_match_the_pinned_lock_file(meta):
-    pins = dict(
-        line.split("==", 1)
-        for line in (ROOT / "requirements-lock.txt").read_text().splitlines()
-        if "==" in line and not line.lstrip().startswith("#")
-    )
-    recorded = {"monai": meta["monai_version"], "torch": meta["pytorch_version"], **meta["required_packages_version"]}
-    for package in ("monai", "torch", "pytorch-ignite", "segment-anything", "timm"):
-        assert recorded[package] == pins[package].strip(), package
+def _lock_pins() -> dict[str, str]:
+    return {
+        name.strip().lower(): version.strip()
+        for name, version in (
+            line.split("==", 1)
+            for line in (ROOT / "requirements-lock.txt").read_text().splitlines()
+            if "==" in line and not line.lstrip().startswith("#")
+        )
+    }
+
+
+def _recorded(meta) -> dict[str, str]:
+    return {
+        "monai": meta["monai_version"],
+        "torch": meta["pytorch_version"],
+        "numpy": meta["numpy_version"],
+        **{name.lower(): version for name, version in meta["required_packages_version"].items()},
+    }
+
+
+def test_metadata_pins_are_the_lock_files_and_the_tested_environments(meta):
+    """What the Model Zoo installs from metadata.json is what the lock file installs and the tests ran with."""
+    from importlib.metadata import version
+
+    pins = _lock_pins()
+    for package, pinned in _recorded(meta).items():
+        assert pins.get(package) == pinned, (package, pinned, pins.get(package))
+        assert version(package) == pinned, (package, pinned, version(package))
+
+
+def test_metadata_declares_every_package_the_packaged_code_imports(meta):
+    """Every third-party module that scsam_monai (as packaged for the Model Zoo) imports has its pin."""
+    import ast
+    import sys
+    from importlib.metadata import packages_distributions
+
+    from scripts.package_bundle import LEFT_OUT
+
+    package = ROOT / "scsam_monai"
+    modules = set()
+    for path in package.rglob("*.py"):
+        if path.relative_to(package).parts[0] in LEFT_OUT:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    third_party = modules - set(sys.stdlib_module_names) - {"scsam_monai", "__future__"}
+    distributions = packages_distributions()
+    recorded = _recorded(meta)
+    undeclared = {
+        m: distributions.get(m)
+        for m in third_party
+        if not {d.lower() for d in distributions.get(m, [])} & set(recorded)
+    }
+    assert not undeclared, undeclared
 
 
 def test_network_data_format_describes_a_single_channel_image_and_per_class_logits(meta, class_names):
@@ -134,8 +182,8 @@ def test_network_data_format_describes_a_single_channel_image_and_per_class_logi
     assert image["value_range"] == [0, 1] and image["dtype"] == "float32"
     assert pred["spatial_shape"] == image["spatial_shape"]  # logits come back at the input size
     assert pred["value_range"] == []  # logits are unbounded
-    assert pred["num_channels"] == len(class_names) - 1
-    assert [pred["channel_def"][str(i)] for i in range(pred["num_channels"])] == class_names[1:]
+    assert pred["num_channels"] == len(class_names)  # the background, then the classes
+    assert [pred["channel_def"][str(i)] for i in range(pred["num_channels"])] == class_names  # channel = label value
 
 
 def test_every_data_format_section_follows_the_tensor_schema(meta):

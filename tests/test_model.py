@@ -67,7 +67,7 @@ def test_only_the_encoders_the_head_streams_use_are_built():
     assert mae_only.sam_encoder is None and mae_only.mae_encoder is not None
     sam_only = build_scsam(class_names=CLASSES, head={"streams": "sam_only"}, **TINY)
     assert sam_only.sam_encoder is not None and sam_only.mae_encoder is None
-    assert mae_only(torch.rand(1, 1, 40, 56)).shape == (1, 3, 40, 56)
+    assert mae_only(torch.rand(1, 1, 40, 56)).shape == (1, 4, 40, 56)  # background and 3 classes
     tiled = build_scsam(class_names=CLASSES, mae_options={"tile_size": 64}, **TINY)  # FrozenMaeEncoder's options
     assert tiled.mae_encoder.tile_size == 64 and both.mae_encoder.tile_size == 128
     with pytest.raises(ValueError, match="class_names needs the background and at least one class"):

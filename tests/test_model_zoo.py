@@ -243,7 +243,7 @@ def test_whole_model_exports_to_torchscript_equal_to_the_eager_model(repo_root, 
     images = torch.rand(3, 1, 96, 80)
     with torch.no_grad():
         expected, got = model(images), traced(images)
-    assert got.shape == (3, 3, 96, 80)
+    assert got.shape == (3, 4, 96, 80)  # background, then the 3 classes
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 

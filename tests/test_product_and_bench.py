@@ -177,12 +177,17 @@ def test_packaged_bundle_holds_the_product_and_no_bench(packaged_bundle):
         f"{p.relative_to(root)}: {names}" for p in files if p.suffix == ".py" for names in [_bench_imports(p)] if names
     ]
     assert not importing, importing
-    # the package inside is the repository's package, nothing more
+    # the package inside is the repository's package, nothing more; the MONAI Label app's tasks stay out
+    from scripts.package_bundle import LEFT_OUT
+
     packed = {p.relative_to(root).as_posix() for p in files if p.parts[len(root.parts)] == PACKAGE}
     source = {
-        p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / PACKAGE).rglob("*.py") if "__pycache__" not in p.parts
+        p.relative_to(REPO_ROOT).as_posix()
+        for p in (REPO_ROOT / PACKAGE).rglob("*.py")
+        if "__pycache__" not in p.parts and p.relative_to(REPO_ROOT / PACKAGE).parts[0] not in LEFT_OUT
     }
     assert packed == source, sorted(packed ^ source)
+    assert not any("monailabel" in p.read_text() for p in files if p.suffix == ".py")
 
 
 def test_packaged_bundle_has_no_bench_profile_overlays(packaged_bundle):

@@ -195,7 +195,7 @@ def test_no_checkpoint_needs_random_weights_to_be_allowed(tmp_path):
     (problem,) = check_checkpoint(None, kind="SAM")
     assert "sam_checkpoint is not set and sam_allow_random_weights is false" in problem
     assert check_checkpoint(None, kind="SAM", allow_random_weights=True) == []
-    (mae,) = check_checkpoint(tmp_path / "mae_encoder.pt", kind="MAE")
+    (mae,) = check_checkpoint(tmp_path / "mae_encoder.pth", kind="MAE")
     assert "MAE checkpoint not found" in mae and "pretrain_mae.yaml" in mae
 
 

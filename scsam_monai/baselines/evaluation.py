@@ -96,4 +96,4 @@ class ScSAMPredictor:
     def __call__(self, image: torch.Tensor, label: np.ndarray | None = None) -> np.ndarray:
         with torch.inference_mode():
             logits = self.model(torch.as_tensor(image)[None].to(self.device))
-        return merge_class_logits(logits[0], self.threshold)[0].cpu().numpy()
+        return merge_class_logits(logits[0, 1:], self.threshold)[0].cpu().numpy()  # channel 0: background

@@ -14,6 +14,7 @@ from scsam_monai.networks.geometry import resize_longest_and_pad
 
 __all__ = [
     "LoadEMImaged",
+    "ToMonaiAxesd",
     "LoadCachedArrayd",
     "LabelToMaskGridd",
     "MergeClassLogitsd",
@@ -68,6 +69,29 @@ class LoadEMImaged(MapTransform):
             d[f"{key}_path"] = str(source)
             array = read_image(source, index=None if index is None else int(index), key=container, stacks=self.stacks)
             d[key] = np.moveaxis(array, 0, -1) if array.ndim == 3 else array
+        return d
+
+
+class ToMonaiAxesd(MapTransform):
+    """Hand row-major maps ``(H, W[, D])`` to MONAI's writers: ``(W, H[, D])``, MONAI's ``(x, y[, z])`` order.
+
+    :class:`LoadEMImaged` keeps images as the file stores them, rows first, so that the model sees every slice as
+    training did. MONAI's writers (``NibabelWriter``, ``ITKWriter``, MONAI Label's ``Writer``) take arrays in the
+    (x, y) order of MONAI's ``LoadImage`` instead; the last step of ``inference.yaml``'s ``postprocessing`` swaps
+    the two in-plane axes so that a label map written by them lies on its image.
+
+    Args:
+        keys: keys of channel-less maps ``(H, W)`` or ``(H, W, D)``.
+        allow_missing_keys: skip absent keys.
+    """
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = d[key]
+            if value.ndim not in (2, 3):
+                raise ValueError(f"{key}: expected a map (H, W) or (H, W, D), got shape {tuple(value.shape)}.")
+            d[key] = value.transpose(0, 1) if isinstance(value, torch.Tensor) else np.swapaxes(value, 0, 1)
         return d
 
 

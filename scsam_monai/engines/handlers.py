@@ -11,6 +11,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from scsam_monai.palette import class_colour, colourise, display_image
 __all__ = [
     "PAPER_TRAINABLE_PARAMETERS",
     "AtomicCheckpointSaver",
+    "CpuTensorsSaving",
     "TrainableParameterLogger",
     "LearningCurve",
     "MetricsReport",
@@ -37,18 +39,47 @@ logger = logging.getLogger(__name__)
 PAPER_TRAINABLE_PARAMETERS = 27.6e6
 
 
+class CpuTensorsSaving:
+    """Mixin of a checkpoint save handler: every tensor is written as a CPU tensor.
+
+    A ``model.pt`` saved from a GPU would otherwise hold CUDA tensors, which ``torch.load`` without
+    ``map_location`` (as MONAI Label's warm start loads it) cannot read on a CPU-only machine.
+    """
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        super().__call__(_on_cpu(checkpoint), filename, metadata)  # type: ignore[misc]
+
+
+def _on_cpu(value: Any) -> Any:
+    """``value`` with every tensor inside dicts, lists and tuples moved to the CPU; other leaves as they are.
+
+    (Ignite's ``apply_to_tensor`` refuses the ints, floats and None an optimizer's state dict holds.)
+    """
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, Mapping):
+        return type(value)({key: _on_cpu(item) for key, item in value.items()})
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_on_cpu(item) for item in value)
+    return value
+
+
 class AtomicCheckpointSaver(CheckpointSaver):
-    """MONAI's ``CheckpointSaver`` with atomic writes (temporary file, then rename).
+    """MONAI's ``CheckpointSaver`` with atomic writes (temporary file, then rename) of CPU tensors.
 
     MONAI creates Ignite's ``DiskSaver`` with ``atomic=False``, so a run killed during a save could leave a
-    truncated ``model.pt``; this switches every saver it made to Ignite's atomic mode. Same arguments.
+    truncated ``model.pt``; this switches every saver it made to Ignite's atomic mode and makes it write CPU
+    tensors (:class:`CpuTensorsSaving` mixed into the saver's own class, which keeps MONAI's file names), so that
+    the weights load on any device. Same arguments.
     """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
-                checkpoint.save_handler._atomic = True
+                saver = checkpoint.save_handler
+                saver.__class__ = type(f"Cpu{type(saver).__name__}", (CpuTensorsSaving, type(saver)), {})
+                saver._atomic = True
 
 
 class TrainableParameterLogger:

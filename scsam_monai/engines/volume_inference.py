@@ -339,10 +339,11 @@ def segment_slices(
                     images = batch
                 with torch.inference_mode(), autocast:
                     logits = model(images)
-                    merged = merge_class_logits(logits.float(), threshold)[:, 0]
-                    many = logits.shape[1] >= 256
+                    classes = logits[:, 1:].float()  # channel 0 is the model's background (threshold 0.5)
+                    merged = merge_class_logits(classes, threshold)[:, 0]
+                    many = classes.shape[1] >= 256
                     labels = _to_host(merged.to(torch.int32 if many else torch.uint8), cuda)
-                    probs = _to_host(torch.sigmoid(logits.float()), cuda) if probabilities else None
+                    probs = _to_host(torch.sigmoid(classes), cuda) if probabilities else None
                 event = None
                 if cuda:
                     event = torch.cuda.Event()

@@ -183,8 +183,8 @@ class ScSAMInferTask(BundleInferTask):
             self.valid = True
             self.version = settings.metadata().get("version")
             logger.info(f"No ScSAM head at {self.model_path} yet: /infer answers 409 until training writes one.")
-        # the label values of the label map (1..C); BundleInferTask takes them from metadata.json's channel_def,
-        # which numbers the network's output channels from 0 (channel 0 = nucleus = label value 1)
+        # the label values of the label map (1..C) from the app's class names: a head trained on other classes than
+        # metadata.json's channel_def (which BundleInferTask reads) is served with its own names
         self.labels = labels
         self.description = description
         # one served head: BundleInferTask offers every *.pt of the bundle's models/ folder (encoders, training

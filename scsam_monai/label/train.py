@@ -115,8 +115,9 @@ class ScSAMTrainConstants(BundleConstants):
     """``BundleTrainTask``'s names in ``train.yaml``, with the handler list a checkpoint loader goes into."""
 
     def key_train_handlers(self) -> str:
-        # train.yaml's train#handlers is an expression (the handlers every rank attaches + rank 0's), which
-        # BundleTrainTask cannot insert into; a warm start belongs to every rank's list
+        # train.yaml's train#handlers is a list of two entries, each attaching one list: the handlers every rank
+        # attaches, then rank 0's. The stock task puts its warm start first in train#handlers; this app puts it
+        # first in the every-rank list itself, where it is attached in the same place, before every handler
         return "train#handlers_every_rank"
 
 

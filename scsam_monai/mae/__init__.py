@@ -1,7 +1,7 @@
 """Self-supervised MAE pre-training on unlabelled EM: the model, its data, training step and handlers.
 
 Run it with the bundle: ``python -m monai.bundle run pretraining --config_file bundle/configs/pretrain_mae.yaml``.
-The exported encoder (``bundle/models/mae_encoder.pt``) is what ``FrozenMaeEncoder`` loads.
+The exported encoder (``bundle/models/mae_encoder.pth``) is what ``FrozenMaeEncoder`` loads.
 """
 
 from __future__ import annotations

@@ -231,7 +231,7 @@ class EncoderExporter:
     and the epoch.
 
     Args:
-        path: destination, e.g. ``bundle/models/mae_encoder.pt``.
+        path: destination, e.g. ``bundle/models/mae_encoder.pth``.
         interval: epochs between exports (0: only at the end).
     """
 

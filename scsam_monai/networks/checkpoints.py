@@ -42,7 +42,7 @@ _HINT_OFFICIAL = (
 )
 _HINT_MAE = (
     "The MAE checkpoint is produced by the bundle's MAE pre-training: python -m monai.bundle run pretraining "
-    "--config_file bundle/configs/pretrain_mae.yaml (it writes bundle/models/mae_encoder.pt; see docs/mae.md)."
+    "--config_file bundle/configs/pretrain_mae.yaml (it writes bundle/models/mae_encoder.pth; see docs/mae.md)."
 )
 _HINT_REWRITE = (
     "If the file is a trusted checkpoint that also pickles other objects, re-save only its tensors, e.g. "

@@ -483,7 +483,7 @@ class FrozenMaeEncoder(_FrozenEncoder):
     tiles' token grids are stitched back by position into a 64x64 grid.
 
     The checkpoint is the encoder file written by the MAE pre-training (``scsam_monai.mae``, e.g.
-    ``bundle/models/mae_encoder.pt``). It records the architecture it was pre-trained with: a file of another arch
+    ``bundle/models/mae_encoder.pth``). It records the architecture it was pre-trained with: a file of another arch
     is refused with a message naming it, and its depth, heads and normalisation are used unless given here.
 
     Args:
@@ -519,7 +519,7 @@ class FrozenMaeEncoder(_FrozenEncoder):
 
     Example::
 
-        enc = FrozenMaeEncoder(arch="mae_vit_512", checkpoint="bundle/models/mae_encoder.pt")
+        enc = FrozenMaeEncoder(arch="mae_vit_512", checkpoint="bundle/models/mae_encoder.pth")
         emb = enc(torch.rand(2, 1, 768, 1024))  # (2, 512, 64, 64)
     """
 
@@ -556,7 +556,7 @@ class FrozenMaeEncoder(_FrozenEncoder):
                 arch,
                 allow_random_weights,
                 seed,
-                "Pass checkpoint=<the MAE encoder pre-trained on EM, e.g. bundle/models/mae_encoder.pt written by "
+                "Pass checkpoint=<the MAE encoder pre-trained on EM, e.g. bundle/models/mae_encoder.pth written by "
                 "`python -m monai.bundle run pretraining --config_file bundle/configs/pretrain_mae.yaml`>.",
             )
         else:

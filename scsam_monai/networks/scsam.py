@@ -2,7 +2,8 @@
 
 ``ScSAMHead`` = fusion (FAFM by default) + class prompt encoder + SAM's mask decoder (trainable) with SAM's
 dense positional encoding and point embeddings (frozen, from SAM's prompt encoder). ``ScSAM`` puts the
-frozen SAM and MAE encoders in front of it and returns logits at the input's size. Both take built parts;
+frozen SAM and MAE encoders in front of it and returns logits at the input's size, a background channel first
+(:func:`with_background`: its argmax is the label map). Both take built parts;
 ``networks/build.py`` builds the head from numbers and switches.
 """
 
@@ -19,7 +20,23 @@ from scsam_monai.networks.fafm import FusionOutput
 from scsam_monai.networks.geometry import unpad_and_resize
 from scsam_monai.networks.prompt_encoder import ClassPromptEncoder, ClassPrompts
 
-__all__ = ["ScSAMHead", "ScSAM", "count_trainable_parameters", "class_embeddings"]
+__all__ = ["ScSAMHead", "ScSAM", "count_trainable_parameters", "class_embeddings", "with_background"]
+
+
+def with_background(class_logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Per-class mask logits ``(B, C, H, W)`` -> ``(B, 1 + C, H, W)`` with a background channel 0 first.
+
+    The head decodes one mask per class, each a logit of "this pixel is the class". A pixel is background when no
+    class reaches the sigmoid probability ``threshold``: the background channel is that threshold's logit
+    everywhere, so the argmax over the channels is the label map (0 background, 1..C classes), as MONAI's
+    ``AsDiscrete(argmax=True)`` and MONAI Label read a network's output, with channel index = label value.
+
+    Args:
+        class_logits: the head's logits.
+        threshold: sigmoid probability a class needs to win a pixel (0.5: background logit 0).
+    """
+    background = torch.full_like(class_logits[:, :1], float(torch.logit(torch.tensor(threshold))))
+    return torch.cat([background, class_logits], dim=1)
 
 
 def count_trainable_parameters(module: nn.Module) -> int:
@@ -284,10 +301,13 @@ class ScSAM(nn.Module):
         return sam, mae
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, C, H, W)`` for images ``(B, 1, H, W)`` with intensities normalised to [0, 1]."""
+        """Logits ``(B, 1 + C, H, W)`` for images ``(B, 1, H, W)`` normalised to [0, 1]: background, then C classes.
+
+        Channel 0 is the background (:func:`with_background`); the argmax over channels is the label map.
+        """
         if images.ndim != 4:
             raise ValueError(f"ScSAM expects images of shape (B, C, H, W), got {tuple(images.shape)}.")
         h, w = images.shape[-2:]
         encoder = self.sam_encoder if self.sam_encoder is not None else self.mae_encoder
         sam, mae = self.embed(images)
-        return self.head(sam, mae, input_size=encoder.input_size(h, w), original_size=(h, w))
+        return with_background(self.head(sam, mae, input_size=encoder.input_size(h, w), original_size=(h, w)))

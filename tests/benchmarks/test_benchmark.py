@@ -17,10 +17,11 @@ from benchmarks.cli import build_parser, main
 from benchmarks.measure import count_flops, summarize, time_interleaved
 from benchmarks.per_class_decoding import naive_decode, naive_forward_with_aux
 from benchmarks.report import check_targets, compute_ratios, matmul_fractions, render_markdown
+from benchmarks.run import encoder_parameters
 from benchmarks.sam_check import main as sam_check_main
 from benchmarks.sections import reference_sam_encoder
 from scsam_monai.networks.build import build_scsam_head
-from scsam_monai.networks.encoders import FrozenSamEncoder
+from scsam_monai.networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
 from scsam_monai.networks.sam_attention import set_sam_attention
 from scsam_monai.networks.scsam import ScSAMHead
 
@@ -145,6 +146,15 @@ def test_reference_sam_encoder_is_segment_anythings_in_fp32_with_the_same_weight
     assert 0 < float((ours - out).norm() / out.norm()) < 0.02  # bf16: rounding only
 
 
+def test_encoder_parameters_are_counted_on_the_meta_device_like_the_built_encoders():
+    sam = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
+    mae = FrozenMaeEncoder(arch="tiny", allow_random_weights=True)
+    built = sum(p.numel() for encoder in (sam, mae) for p in encoder.parameters())
+    assert encoder_parameters("tiny", "tiny") == built == 4_275_776
+    # SAM vit_b's image encoder (89,670,912, as in sam_vit_b_01ec64.pth) + the paper's MAE ViT (25,483,776)
+    assert encoder_parameters("vit_b", "mae_vit_512") == 89_670_912 + 25_483_776
+
+
 def test_cli_overrides_change_the_profile_only_where_given():
     args = build_parser().parse_args(["--profile", "full", "--out", "x", "--train-batch", "8", "--memory-slices", "2"])
     profile = get_profile(args.profile).with_overrides(
@@ -191,6 +201,16 @@ def test_tiny_profile_writes_every_figure(tmp_path, capsys):
     assert 0 < report["flops"]["encoder_fraction_of_matmul"]
     assert set(report["targets"]) <= set(report["ratios"])
     assert any("1 and 10 slices" in note for note in report["notes"])
+    # the note on the tiny encoders states the sizes this run counted, not a fixed figure
+    sizes = report["sizes"]
+    assert sizes["encoder_parameters"] == encoder_parameters("tiny", "tiny")
+    assert sizes["full_encoder_parameters"] == encoder_parameters("vit_b", "mae_vit_512")
+    (note,) = [n for n in report["notes"] if n.startswith("Tiny encoders")]
+    share = sizes["encoder_parameters"] / sizes["full_encoder_parameters"]
+    assert f"{sizes['encoder_parameters']:,} parameters, {share:.1%} of the" in note, note
+    flops = report["per_image"]["flops_per_image"]
+    head_over_tiny = flops["head"] / (flops["sam_encoder"] + flops["mae_encoder"])
+    assert f"({head_over_tiny:.2f} times their FLOPs per image in this run)" in note, note
     markdown = (tmp_path / "benchmark.md").read_text()
     assert markdown == render_markdown(report)
     for key in RATIO_KEYS:

@@ -74,19 +74,28 @@ def test_training_reads_image_and_label_as_the_file_stores_them(tmp_path):
 
 
 def test_the_transform_chain_gives_a_3x5_label_map_for_a_3x5_image(bundle, tmp_path):
+    from monai.data import NibabelWriter
+
     tifffile.imwrite(tmp_path / "a.tif", ASYMMETRIC)
     item = bundle.get_parsed_content("preprocessing")({"image": tmp_path / "a.tif"})
-    assert tuple(item["image"].shape) == (1, 3, 5)
+    assert tuple(item["image"].shape) == (1, 3, 5)  # the network sees the slice as training did
     with torch.no_grad():
         logits = bundle.get_parsed_content("inferer")(
             torch.as_tensor(item["image"])[None], bundle.get_parsed_content("network").eval()
         )
+    assert tuple(logits.shape) == (1, 4, 3, 5)  # background, then the 3 classes
     label = bundle.get_parsed_content("postprocessing")({"pred": logits[0]})["pred"]
-    assert tuple(label.shape) == (3, 5)
+    assert tuple(label.shape) == (5, 3)  # (x, y): the order MONAI's writers take, as MONAI's LoadImage gives
+    writer = NibabelWriter()  # what MONAI Label's writer uses for .nii.gz
+    writer.set_data_array(np.asarray(label), channel_dim=None)
+    writer.write(str(tmp_path / "label.nii.gz"))
+    with open_volume(tmp_path / "label.nii.gz") as volume:
+        assert volume.shape[1:] == (3, 5)  # the written label map lies on its 3 x 5 image
 
 
 def _chain_label(bundle: ConfigParser, path: str) -> np.ndarray:
-    """The label map of the bundle's transform chain (inference.yaml: preprocessing, inferer, postprocessing).
+    """The label map of the bundle's transform chain (inference.yaml: preprocessing, inferer, postprocessing), rows
+    first (the chain hands it to MONAI's writers in their (x, y) order).
 
     One slice per network call, as the other paths run here: batches of another size may round a logit that sits
     on the decision threshold the other way.
@@ -95,7 +104,7 @@ def _chain_label(bundle: ConfigParser, path: str) -> np.ndarray:
     network = bundle.get_parsed_content("network").eval()
     with torch.no_grad():
         logits = SliceWiseInferer(batch_size=1)(torch.as_tensor(item["image"])[None], network)
-    return np.asarray(bundle.get_parsed_content("postprocessing")({"pred": logits[0]})["pred"])
+    return np.swapaxes(np.asarray(bundle.get_parsed_content("postprocessing")({"pred": logits[0]})["pred"]), 0, 1)
 
 
 def test_every_inference_path_gives_the_same_label_map_pixel_for_pixel(bundle, em_image, tmp_path):

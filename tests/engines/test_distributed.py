@@ -146,7 +146,7 @@ def test_torchrun_two_ranks_train_and_rank0_saves(tmp_path):
         assert re.search(rf"\[default{rank}\]:.*Resumed from .*last.pt at epoch 2", log), log[-6000:]
         assert f"Rank {rank} of 2: epoch 3 done" in log and f"Rank {rank} of 2: epoch 2 done" not in log
     assert "All 2 ranks hold the same weights after epoch 3" in log
-    assert torch.load(tmp_path / "out/models/last.pt", weights_only=True)["trainer"]["epoch"] == 3
+    assert torch.load(tmp_path / "out/models/training/last.pt", weights_only=True)["trainer"]["epoch"] == 3
 
 
 def _check_two_rank_run(tmp_path, log: str) -> None:
@@ -159,11 +159,12 @@ def _check_two_rank_run(tmp_path, log: str) -> None:
         assert computed and int(computed[0]) > 0, log[-6000:]
     assert log.count("All 2 ranks hold the same weights after epoch") == 2
     out = tmp_path / "out"
-    for name in ("model.pt", "checkpoint_final.pt", "last.pt"):
+    for name in ("model.pt", "training/checkpoint_final.pt", "training/last.pt"):
         assert (out / "models" / name).is_file(), name
+    assert [p.name for p in (out / "models").glob("*.pt")] == ["model.pt"]  # only the served weights
     state = torch.load(out / "models" / "model.pt", weights_only=True)
     assert state and not any(k.startswith("module.") for k in state)  # loads into the plain head
-    last = torch.load(out / "models" / "last.pt", weights_only=True)
+    last = torch.load(out / "models" / "training" / "last.pt", weights_only=True)
     assert last["trainer"]["epoch"] == 2 and not any(k.startswith("module.") for k in last["network"])
     assert (out / "learning_curve.png").is_file()
     writers = {p.name.split(".")[-2] for p in out.glob("events.out.tfevents.*")}

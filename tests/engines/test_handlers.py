@@ -150,3 +150,31 @@ def test_parameter_logger_names_the_paper_figure_only_when_given(caplog, paper):
     assert "Trainable parameters: 0.00M" in message and "frozen parameters: 0.00M" in message
     assert ("(paper: 27.6M)" in message) == (paper is not None)
     assert "paper" not in message or paper is not None
+
+
+def test_checkpoint_saver_writes_atomically_and_only_cpu_tensors(tmp_path, monkeypatch):
+    """model.pt loads on any device (MONAI Label warm-starts without map_location): every tensor went through .cpu(),
+    and MONAI's file names hold (key_metric_filename, final_filename)."""
+    from scsam_monai.engines.handlers import AtomicCheckpointSaver, CpuTensorsSaving
+
+    network = torch.nn.Linear(3, 2)
+    saver = AtomicCheckpointSaver(
+        save_dir=str(tmp_path), save_dict={"network": network}, save_final=True, final_filename="final.pt"
+    )
+    handler = saver._final_checkpoint.save_handler
+    assert isinstance(handler, CpuTensorsSaving) and handler._atomic
+    moved = []
+    real_cpu = torch.Tensor.cpu
+
+    def cpu(self, *args, **kwargs):
+        moved.append(self.shape)
+        return real_cpu(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", cpu)
+    engine = Engine(lambda engine, batch: None)
+    saver.attach(engine)
+    engine.run([0], max_epochs=1)
+    assert [p.name for p in tmp_path.glob("*.pt")] == ["final.pt"]
+    state = torch.load(tmp_path / "final.pt", weights_only=True)
+    assert sorted(moved) == sorted(v.shape for v in network.state_dict().values())
+    torch.testing.assert_close(state, network.state_dict())

@@ -20,6 +20,7 @@ from torch import nn
 from scsam_monai.cli.prepare import main as scsam_prepare
 from scsam_monai.data.preprocessing import ImagePreprocessing
 from scsam_monai.engines.inference_job import segment_inputs
+from scsam_monai.networks.scsam import with_background
 from tests.helpers import train_preprocessing
 
 DEPTH, TRAIN, SIZE = 6, 4, 64
@@ -56,7 +57,8 @@ class TinyHead(nn.Module):
         self.net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 2, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        """Background, then the 2 classes: what an image-in model returns."""
+        return with_background(self.net(images))
 
 
 def _train(datalist: str) -> TinyHead:
@@ -71,7 +73,7 @@ def _train(datalist: str) -> TinyHead:
     optimizer = torch.optim.Adam(model.parameters(), lr=0.03)
     for _ in range(200):
         optimizer.zero_grad()
-        loss = nn.functional.binary_cross_entropy_with_logits(model(images), targets)
+        loss = nn.functional.binary_cross_entropy_with_logits(model.net(images), targets)  # per-class masks
         loss.backward()
         optimizer.step()
     return ImagePreprocessing("prepared").attach(model.eval())  # recorded with its weights, as training does

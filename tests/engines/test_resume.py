@@ -55,7 +55,7 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, repo_root):
 
     # killed at a known point: one iteration into epoch 2, after last.pt holds epoch 1 (not a race with the clock)
     interrupted = {**common, "output_dir": tmp_path / "interrupted"}
-    last = tmp_path / "interrupted" / "models" / "last.pt"
+    last = tmp_path / "interrupted" / "models" / "training" / "last.pt"
     kill = tmp_path / "kill.yaml"
     handler = {"_target_": "tests.helpers.SigkillAfterCheckpoint", "path": str(last), "epoch": 1}
     kill.write_text(yaml.safe_dump({"+train#handlers_every_rank": [handler]}))
@@ -70,12 +70,12 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, repo_root):
     )
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
     assert torch.load(last, weights_only=True)["trainer"] == {"epoch": 1, "iteration": 2}
-    assert not (tmp_path / "interrupted" / "models" / "checkpoint_final.pt").exists()
+    assert not (tmp_path / "interrupted" / "models" / "training" / "checkpoint_final.pt").exists()
 
     resumed = run_bundle("training", CONFIGS, {**interrupted, "resume": True}, cwd=tmp_path, env=env, timeout=600)
     assert "Resumed from" in resumed.stdout + resumed.stderr
 
-    a = torch.load(tmp_path / "straight" / "models" / "last.pt", weights_only=True)
+    a = torch.load(tmp_path / "straight" / "models" / "training" / "last.pt", weights_only=True)
     b = torch.load(last, weights_only=True)
     assert a["trainer"] == b["trainer"] == {"epoch": 3, "iteration": 6}
     for key, value in a["network"].items():

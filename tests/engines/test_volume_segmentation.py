@@ -17,13 +17,14 @@ from scsam_monai.engines import inference_job
 from scsam_monai.engines.inference_job import list_inputs, segment_inputs, segment_volume
 from scsam_monai.io.readers import Volume, open_volume
 from scsam_monai.io.writers import open_writer
+from scsam_monai.networks.scsam import with_background
 from scsam_monai.palette import class_colour, colourise
 
 SPACING = (0.5, 0.01, 0.02)
 
 
 class ThresholdModel(nn.Module):
-    """Logits of 3 classes from intensity bands: class k where the image is in band k (k = 1..3)."""
+    """Logits of the background and 3 classes from intensity bands: class k where the image is in band k (1..3)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -31,7 +32,7 @@ class ThresholdModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         centres = torch.tensor([0.375, 0.625, 0.875]).view(1, 3, 1, 1)
-        return self.scale * (0.125 - (images - centres).abs())
+        return with_background(self.scale * (0.125 - (images - centres).abs()))
 
 
 def _volume(depth: int = 5, h: int = 16, w: int = 12) -> np.ndarray:
@@ -41,10 +42,9 @@ def _volume(depth: int = 5, h: int = 16, w: int = 12) -> np.ndarray:
 
 def _expected(array: np.ndarray) -> np.ndarray:
     from scsam_monai.data.normalize import normalize_slice
-    from scsam_monai.data.transforms import merge_class_logits
 
     x = torch.from_numpy(np.stack([normalize_slice(s) for s in array]))[:, None]
-    return merge_class_logits(ThresholdModel()(x), 0.5)[:, 0].numpy().astype(np.uint8)
+    return ThresholdModel()(x).argmax(1).numpy().astype(np.uint8)  # channel 0 is the background
 
 
 def _write_input(fmt: str, path, array: np.ndarray):
@@ -258,7 +258,6 @@ def test_a_failed_run_leaves_no_partial_output_and_keeps_the_old_one(tmp_path, m
 
 def test_prepared_normalises_a_raw_input_per_volume_and_datalist_slices_as_training_read_them(tmp_path):
     from scsam_monai.data.normalize import PREPARED_SLICE_WINDOW, normalize_slice, volume_window
-    from scsam_monai.data.transforms import merge_class_logits
 
     raw = (_volume(depth=4).astype(np.uint16) * 40 + 1000) * np.arange(1, 5, dtype=np.uint16)[:, None, None]
     _write_input("tiff", tmp_path / "raw.tif", raw)
@@ -267,7 +266,7 @@ def test_prepared_normalises_a_raw_input_per_volume_and_datalist_slices_as_train
     window = volume_window(iter(raw), source="raw.tif")
     assert record["image_normalization"] == "prepared" and record["intensity_window"]["low"] == window.low
     x = torch.from_numpy(np.stack([normalize_slice(s, window) for s in raw]))[:, None]
-    expected = merge_class_logits(ThresholdModel()(x))[:, 0].numpy()
+    expected = ThresholdModel()(x).argmax(1).numpy()
     np.testing.assert_array_equal(tifffile.imread(record["label"]), expected)
 
     # a datalist split of prepared (uint8) slices: 0..255 -> 0..1, train.yaml's "prepared" transform
@@ -277,7 +276,7 @@ def test_prepared_normalises_a_raw_input_per_volume_and_datalist_slices_as_train
     (record,) = segment_inputs(model, None, tmp_path / "out2", datalist=tmp_path / "datalist.json", split="test")
     assert record["intensity_window"] == PREPARED_SLICE_WINDOW.as_dict()
     x = torch.from_numpy(image.astype(np.float32) / 255)[None, None]
-    np.testing.assert_array_equal(tifffile.imread(record["label"]), merge_class_logits(ThresholdModel()(x))[0, 0])
+    np.testing.assert_array_equal(tifffile.imread(record["label"]), ThresholdModel()(x).argmax(1)[0])
 
 
 @pytest.mark.parametrize("byteorder", ["<", ">"])

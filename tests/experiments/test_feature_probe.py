@@ -170,7 +170,7 @@ def test_run_probe_writes_json_and_markdown_for_real_encoders(datalist, tmp_path
 
 def test_command_line_probes_the_pretrained_mae_and_its_random_twins(datalist, tmp_path, capsys):
     source = FrozenMaeEncoder(arch="tiny", allow_random_weights=True, seed=7)  # stands in for a pre-trained MAE
-    checkpoint = tmp_path / "mae_encoder.pt"
+    checkpoint = tmp_path / "mae_encoder.pth"
     torch.save({"model": {f"encoder.{k}": v for k, v in source.backbone.state_dict().items()}}, checkpoint)
     code = feature_probe.main(
         ["--datalist", datalist, "--mae-checkpoint", str(checkpoint), "--random-seeds", "0", "--out", str(tmp_path)]

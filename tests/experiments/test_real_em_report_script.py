@@ -48,7 +48,7 @@ case "$what" in
   pretraining)
     sleep "${STUB_PRETRAIN_SECONDS:-2}"
     if [ -n "${STUB_PRETRAIN_FAILS:-}" ]; then echo "end $what" >> "$STUB_LOG"; exit 1; fi
-    mkdir -p "$out/checkpoints"; touch "$out/checkpoints/mae_checkpoint_final.pt" "$out/mae_encoder.pt" ;;
+    mkdir -p "$out/checkpoints"; touch "$out/checkpoints/mae_checkpoint_final.pt" "$out/mae_encoder.pth" ;;
   rows:*) sleep 0.5; mkdir -p "$out"; echo "method" > "$out/results.csv" ;;
 esac
 echo "end $what" >> "$STUB_LOG"
@@ -120,7 +120,7 @@ def test_pretraining_runs_beside_the_rows_without_mae_and_before_the_rows_with_i
         assert index[("start", f"rows:{group}")] > pretrain_end
         line = events[index[("start", f"rows:{group}")]][2]
         assert int(line.split(" ", 1)[0]) == base, line
-        assert f"mae_checkpoint={out}/mae/mae_encoder.pt" in line
+        assert f"mae_checkpoint={out}/mae/mae_encoder.pth" in line
     with open(out / "timing.csv", newline="") as handle:
         timing = list(csv.reader(handle))
     assert timing[0] == ["step", "seconds"]

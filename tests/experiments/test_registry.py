@@ -111,7 +111,7 @@ def test_the_random_mae_twin_keeps_random_weights_whatever_the_user_overrides():
     assert twin.overrides == {"mae_checkpoint": None, "mae_allow_random_weights": True}
     parser = ConfigParser()
     parser.read_config(_config_files(twin, "full"))
-    parser.update({"mae_checkpoint": "bundle/models/mae_encoder.pt", **twin.overrides})  # the runner's order
+    parser.update({"mae_checkpoint": "bundle/models/mae_encoder.pth", **twin.overrides})  # the runner's order
     assert parser.get_parsed_content("head#streams") == "mae_only"
     assert parser.get_parsed_content("mae_checkpoint") is None
     assert parser.get_parsed_content("mae_allow_random_weights") is True

@@ -7,6 +7,7 @@ import math
 
 from PIL import Image
 
+from experiments import report
 from experiments.report import (
     budget_lines,
     format_markdown,
@@ -93,14 +94,45 @@ def test_csv_round_trips_with_empty_cells_for_undefined_values(tmp_path):
     assert float(rows[0]["mc_iou"]) == 0.35 and rows[0]["samples_seen"] == "960" and rows[0]["stopped_early"] == "True"
 
 
-def test_learning_curves_share_the_samples_axis(tmp_path):
+def _drawn_figures(monkeypatch) -> list:
+    """The figures ``experiments.report`` saves from now on (kept for inspection after the module closes them)."""
+    figures = []
+    save = report.atomic_save_figure
+
+    def keep(path, fig, **kwargs):
+        figures.append(fig)
+        return save(path, fig, **kwargs)
+
+    monkeypatch.setattr(report, "atomic_save_figure", keep)
+    return figures
+
+
+def test_learning_curves_share_the_samples_axis(tmp_path, monkeypatch):
+    """Rows with different epochs per sample are drawn on one axis of training samples, not of epochs."""
     curves = {
         "ScSAM": {"epoch": [0, 1, 2], "samples": [0, 40, 80], "val_dice": [0.1, 0.4, 0.5]},
         "UNet": {"epoch": [0, 4, 8], "samples": [0, 40, 80], "val_dice": [0.1, 0.3, 0.6]},
     }
+    figures = _drawn_figures(monkeypatch)
     path = plot_learning_curves(curves, tmp_path / "curves.png")
     with Image.open(path) as image:
-        assert image.width > 400
+        image.load()
+    (figure,) = figures
+    (axes,) = figure.axes
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    assert set(lines) == set(curves)
+    for label, curve in curves.items():
+        assert (
+            list(lines[label].get_xdata()) == curve["samples"] and list(lines[label].get_ydata()) == curve["val_dice"]
+        )
+    assert axes.get_xlabel().startswith("training samples seen") and axes.get_ylim() == (0, 1)
+    assert axes.get_xlim()[0] <= 0 and axes.get_xlim()[1] >= 80
+
+    # without samples for every curve the shared axis is the epoch
+    figures.clear()
+    plot_learning_curves({**curves, "old": {"epoch": [0, 1], "val_dice": [0.2, 0.3]}}, tmp_path / "epochs.png")
+    lines = {line.get_label(): line for line in figures[0].axes[0].get_lines()}
+    assert list(lines["UNet"].get_xdata()) == [0, 4, 8] and figures[0].axes[0].get_xlabel().startswith("epoch")
 
 
 def test_header_states_the_budget_and_what_random_weights_mean():

@@ -11,6 +11,7 @@ import json
 import sys
 
 import pytest
+import torch
 from PIL import Image
 
 from experiments.registry import GROUPS, METHODS
@@ -41,10 +42,19 @@ def test_every_method_has_a_row_with_scores_in_range(experiments):
     for group in GROUPS:
         if group != "cross_dataset":  # the synthetic set has no subsets
             assert any(r["group"] == group for r in rows), group
+    records = {r["name"]: r for r in json.loads((out / "results.json").read_text())["records"]}
     for row in rows:
         for key in ("challenge_iou", "miou", "dice_mean", "dice_nucleus", "dice_mitochondria", "dice_granules"):
             assert row[key] != "" and 0.0 <= float(row[key]) <= 1.0, (row["method"], key, row[key])
         assert float(row["inference_s_per_image"]) > 0
+        # the table's numbers are the row's own evaluation, as its run folder saved it
+        saved = json.loads((out / "runs" / row["method"] / "row.json").read_text())["scores"]
+        assert json.dumps(saved, sort_keys=True) == json.dumps(records[row["method"]]["scores"], sort_keys=True)
+        for key in ("challenge_iou", "miou", "mc_iou", "dice_mean"):
+            assert float(row[key]) == pytest.approx(saved[key], abs=1e-6), (row["method"], key)
+        dice = [float(row[f"dice_{c}"]) for c in ("nucleus", "mitochondria", "granules")]
+        assert dice == pytest.approx([saved["dice"][k] for k in ("1", "2", "3")], abs=1e-6), row["method"]
+        assert float(row["dice_mean"]) == pytest.approx(sum(dice) / 3, abs=1e-6), row["method"]  # its definition
     trainable = [r for r in rows if r["kind"] != "zero_shot"]
     for row in trainable:
         assert int(row["trainable_parameters"]) > 0 and float(row["time_to_best_s"]) >= 0
@@ -96,9 +106,13 @@ def test_each_row_saves_config_seed_curve_and_command(experiments):
 def test_a_row_reruns_from_its_saved_command(experiments):
     out = experiments
     run = out / "runs" / "unet"
+    original = torch.load(run / "models" / "model.pt", weights_only=True)
     (run / "models" / "model.pt").unlink()
     run_command(["bash", run / "command.sh"], cwd=out, timeout=600)
-    assert (run / "models" / "model.pt").is_file()
+    rerun = torch.load(run / "models" / "model.pt", weights_only=True)
+    # the same seed and command on a CPU: the same trained weights, not just a file
+    assert rerun.keys() == original.keys()
+    assert all(torch.equal(rerun[k], original[k]) for k in original if isinstance(original[k], torch.Tensor))
 
 
 def test_cross_dataset_rows_when_the_datalist_names_two_subsets(tmp_path, repo_root):

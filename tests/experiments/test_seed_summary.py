@@ -8,7 +8,16 @@ import math
 
 import pytest
 
-from experiments.seed_summary import aggregate_seeds, flat_scores, main, mean_std, read_seed_records
+from experiments.seed_summary import (
+    GOAL,
+    GOAL_SEEDS,
+    aggregate_seeds,
+    flat_scores,
+    format_summary,
+    main,
+    mean_std,
+    read_seed_records,
+)
 
 CLASSES = ["mito", "syn"]
 
@@ -65,7 +74,41 @@ def test_aggregate_gives_mean_std_per_row_and_the_mae_gain_per_seed():
     assert mae["training"]["1"]["stop_reason"] == "budget"
     gain = summary["mae_gain"]
     assert gain["values"] == pytest.approx([0.1, 0.1]) and gain["mean"] == pytest.approx(0.1)
-    assert gain["std"] == pytest.approx(0.0, abs=1e-12) and gain["goal_met"]
+    assert gain["std"] == pytest.approx(0.0, abs=1e-12)
+    assert not gain["goal_met"]  # +0.1 is enough, two seeds are not
+
+
+def _gain_records(gains: list[float]) -> dict[str, dict[str, dict]]:
+    """One seed per gain: MAE* beats its random twin by ``gain`` in mean Dice."""
+    return {
+        str(seed): {
+            "mae_only": _record("mae_only", "MAE*", (0.5 + gain, 0.5 + gain), 0.2),
+            "mae_only_random": _record("mae_only_random", "MAE* (random MAE)", (0.5, 0.5), 0.2),
+        }
+        for seed, gain in enumerate(gains)
+    }
+
+
+@pytest.mark.parametrize(
+    ("gains", "met"),
+    [
+        ([0.06, 0.06, 0.06], True),  # at least 0.05 over at least 3 seeds
+        ([0.06, 0.05, 0.07, 0.04], True),  # the mean counts, not every seed
+        ([0.1, 0.1], False),  # a large gain over too few seeds
+        ([0.1], False),
+        ([0.04, 0.05, 0.05], False),  # enough seeds, too small a gain
+    ],
+)
+def test_the_mae_goal_needs_the_gain_over_enough_seeds(gains, met):
+    gain = aggregate_seeds(_gain_records(gains), CLASSES)["mae_gain"]
+    assert gain["goal"] == GOAL == 0.05 and gain["goal_seeds"] == GOAL_SEEDS == 3
+    assert gain["mean"] == pytest.approx(sum(gains) / len(gains))
+    assert gain["goal_met"] is met
+    text = format_summary(aggregate_seeds(_gain_records(gains), CLASSES))
+    verdict = text.splitlines()[-1]
+    assert verdict.endswith(": met.") is met and ("not met" in verdict) is not met, verdict
+    if len(gains) < 3:
+        assert f"({len(gains)} of the 3 seeds it needs)" in verdict
 
 
 def test_main_reads_rows_of_every_process_skips_failed_ones_and_writes_the_summary(tmp_path, capsys):

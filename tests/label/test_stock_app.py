@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from scsam_monai.io.readers import open_volume
 
@@ -64,21 +65,54 @@ def stock_server(tmp_path_factory, repo_root):
     server = LabelServer(app, work / "studies", conf, work, START_TIMEOUT)
     try:
         server.wait_until_up()
-        yield server.url, bundle.name, server.log
+        yield server.url, bundle.name, server.log, bundle
     finally:
         server.stop()
 
 
 def test_stock_app_lists_the_bundle_with_its_classes(stock_server):
-    url, name, log = stock_server
+    url, name, log, bundle = stock_server
     info = requests.get(f"{url}/info/", timeout=30).json()
     assert name in info["models"], (info["models"], log.read_text()[-4000:])
-    assert set(info["models"][name]["labels"]) == {"nucleus", "mitochondria", "granules"}
+    # channel_def numbers the network's channels as the label values: background 0 is not a label to draw
+    assert info["models"][name]["labels"] == {"nucleus": 1, "mitochondria": 2, "granules": 3}, info["models"][name]
 
 
 def test_stock_app_segments_an_uploaded_slice(stock_server, synthetic, tmp_path):
-    url, name, log = stock_server
+    url, name, log, bundle = stock_server
     image = synthetic / "images" / "val_000.tif"
+    label = _stock_infer(url, name, log, image, tmp_path)
+    assert sorted(label.shape) == [IMAGE_SIZE, IMAGE_SIZE]
+    assert set(np.unique(label).tolist()) <= {0, 1, 2, 3}
+
+
+def test_stock_app_gives_run_inferences_label_map_for_a_non_square_slice(stock_server, tmp_path):
+    """The stock chain (LoadEMImaged, the model, argmax, MONAI Label's writer) and the bundle's own inference job
+    read, segment and write the slice the same way: the same label map, pixel for pixel, on the image's grid."""
+    import tifffile
+    from monai.bundle import ConfigParser
+
+    from scsam_monai.engines.inference_job import segment_inputs
+    from scsam_monai.synthetic import synthesize_slice
+
+    url, name, log, bundle = stock_server
+    image, _ = synthesize_slice((48, 80), seed=3)  # 48 rows, 80 columns
+    tifffile.imwrite(tmp_path / "slice.tif", image)
+    served = _stock_infer(url, name, log, tmp_path / "slice.tif", tmp_path)
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.yaml"))
+    parser["bundle_root"] = str(bundle)
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    (record,) = segment_inputs(network, tmp_path / "slice.tif", tmp_path / "job", overlay_slices=None, batch_size=1)
+    expected = tifffile.imread(record["label"])
+    assert expected.shape == served.shape == (48, 80)
+    assert len(np.unique(expected)) > 1  # a constant map would not show the orientation
+    np.testing.assert_array_equal(served, expected)
+
+
+def _stock_infer(url: str, name: str, log: Path, image: Path, tmp_path: Path) -> np.ndarray:
+    """POST ``image`` to the stock app's ``/infer``; the label map it returns (NIfTI), read as ``(H, W)``."""
     with open(image, "rb") as handle:
         answer = requests.post(
             f"{url}/infer/{name}",
@@ -88,9 +122,7 @@ def test_stock_app_segments_an_uploaded_slice(stock_server, synthetic, tmp_path)
             timeout=300,
         )
     assert answer.status_code == 200, (answer.text[:2000], log.read_text()[-6000:])
-    path = tmp_path / "label.nii.gz"
+    path = tmp_path / f"{image.stem}_label.nii.gz"
     path.write_bytes(answer.content)
     with open_volume(path) as volume:
-        label = np.squeeze(volume.read())
-    assert sorted(label.shape) == [IMAGE_SIZE, IMAGE_SIZE]
-    assert set(np.unique(label).tolist()) <= {0, 1, 2, 3}
+        return np.squeeze(volume.read())

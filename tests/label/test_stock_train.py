@@ -201,11 +201,15 @@ def test_stock_train_task_trains_the_head_the_stock_inference_loads_and_warm_sta
 
     _train(task, datastore)
     assert head.is_file(), sorted(p.name for p in head.parent.iterdir())
+    # models/*.pt is what the stock tasks offer as models to load: only the served head, training state elsewhere
+    assert sorted(p.name for p in head.parent.glob("*.pt")) == ["model.pt"]
     state = torch.load(head, map_location="cpu", weights_only=True)
     assert ImagePreprocessing.recorded(state) == ImagePreprocessing("per_image")
     infer = BundleInferTask(str(bundle), CONF)  # as the sample app builds it when the server starts
     assert infer.is_valid()
-    network = infer._get_network("cpu", None)  # its loading of models/model.pt into network_def
+    (first, *_) = infer._config["model_filename"]  # /info's model list; 3D Slicer sends its first entry
+    assert first == "model.pt"
+    network = infer._get_network("cpu", {"model_filename": first})  # its loading of models/model.pt
     torch.testing.assert_close(network.state_dict(), state)
 
     # a start from scratch gives request 1's initial weights again (same seed); the marked bias is 1 away from them

@@ -133,7 +133,7 @@ def test_parameter_groups_decay_matrices_only(mae):
 
 
 def test_saved_encoder_loads_into_the_frozen_encoder(mae, tmp_path):
-    path = mae.save_encoder(tmp_path / "models" / "mae_encoder.pt", epoch=3)
+    path = mae.save_encoder(tmp_path / "models" / "mae_encoder.pth", epoch=3)
     raw = torch.load(path, weights_only=True)
     assert raw["mae_architecture"]["arch"] == "tiny" and raw["mae_architecture"]["epoch"] == 3
     assert not any(k.startswith("decoder") for k in raw["state_dict"])

@@ -13,6 +13,8 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys
 
 from scsam_monai.networks.encoders import FrozenMaeEncoder
 from scsam_monai.networks.precision import cpu_has_native_bf16
@@ -57,7 +59,7 @@ def _loss(path: Path) -> dict:
 def pretrained(synthetic, tmp_path_factory) -> tuple[Path, Path, str]:
     """One pre-training run through the bundle command line (the user's command), 4 short epochs."""
     work = tmp_path_factory.mktemp("mae_cli")
-    out, export = work / "out", work / "models" / "mae_encoder.pt"
+    out, export = work / "out", work / "models" / "mae_encoder.pth"
     overrides = {**SMALL, "dataset_dir": synthetic, "output_dir": out, "export_path": export, "max_epochs": 4}
     overrides.update(save_interval=2, png_interval=2, learning_rate=0.002)
     result = run_bundle("pretraining", CONFIGS, overrides, cwd=work, timeout=600)
@@ -106,7 +108,7 @@ def test_scsam_trains_on_the_pretrained_mae_embeddings_through_the_bundle(pretra
     result = run_bundle("training", configs, overrides, cwd=tmp_path, timeout=600)
     log = result.stdout + result.stderr
     assert "FrozenMaeEncoder(arch='tiny') is using RANDOM" not in log  # the MAE stream is the pre-trained one
-    assert (tmp_path / "out" / "models" / "checkpoint_final.pt").is_file()
+    assert (tmp_path / "out" / "models" / "training" / "checkpoint_final.pt").is_file()
     key = FrozenMaeEncoder(arch="tiny", checkpoint=export).cache_key
     assert any(key in str(p) for p in (tmp_path / "cache").rglob("*")), "no embeddings cached under the MAE's key"
 
@@ -154,7 +156,7 @@ def test_pretraining_loss_falls_on_real_em_slices(tmp_path):
     workflow = _workflow(
         image_dir=REAL_EM / "raw",
         output_dir=tmp_path / "out",
-        export_path=tmp_path / "mae_encoder.pt",
+        export_path=tmp_path / "mae_encoder.pth",
         crops_per_image=1,
         batch_size=10,
         max_epochs=4,
@@ -165,7 +167,7 @@ def test_pretraining_loss_falls_on_real_em_slices(tmp_path):
     workflow.run()
     history = _loss(tmp_path / "out")
     assert history["loss"][-1] < 0.8 * history["loss"][0], history
-    encoder = FrozenMaeEncoder(arch="tiny", checkpoint=tmp_path / "mae_encoder.pt")
+    encoder = FrozenMaeEncoder(arch="tiny", checkpoint=tmp_path / "mae_encoder.pth")
     assert encoder(torch.rand(1, 1, 1024, 1024)).shape == (1, 512, 64, 64)
 
 
@@ -214,7 +216,7 @@ def test_real_em_overlay_pretrains_in_bf16_on_this_cpu(synthetic, tmp_path):
     workflow.run()
     history = _loss(tmp_path / "out")
     assert all(torch.isfinite(torch.tensor(history["loss"]))) and history["loss"][-1] < history["loss"][0], history
-    encoder = FrozenMaeEncoder(arch="tiny", checkpoint=tmp_path / "out" / "mae_encoder.pt")
+    encoder = FrozenMaeEncoder(arch="tiny", checkpoint=tmp_path / "out" / "mae_encoder.pth")
     assert encoder(torch.rand(1, 1, 256, 256)).shape == (1, 512, 64, 64)
 
 
@@ -224,18 +226,37 @@ def test_centred_targets_through_the_bundle(synthetic, tmp_path):
     workflow = _workflow(
         dataset_dir=synthetic,
         output_dir=tmp_path / "out",
-        export_path=tmp_path / "mae_encoder.pt",
+        export_path=tmp_path / "mae_encoder.pth",
         norm_pix_loss="mean",
         max_epochs=1,
         png_interval=1,
     )
     network = workflow.parser.get_parsed_content("network_def")
     assert network.norm_pix_loss == "mean"
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    # centred targets: predicting nothing scores the mean (biased) variance of the masked patches' normalised
+    # pixels, computed here from each iteration's images and masks, independently of the network's targets
+    expected: list[float] = []
+
+    def masked_patch_variance(engine) -> None:
+        images, mask = engine.state.output[CommonKeys.IMAGE], engine.state.output["mask"]
+        p = network.patch_size
+        patches = ((images - network.pixel_mean) / network.pixel_std).unfold(2, p, p).unfold(3, p, p)
+        variance = patches.flatten(-2).var(dim=-1, unbiased=False).flatten(1)  # (B, N) row-major, as the mask
+        expected.append(float((variance * mask).sum() / mask.sum()))
+
+    trainer.add_event_handler(IterationEvents.FORWARD_COMPLETED, masked_patch_variance)
+    reported: list[float] = []
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda engine: reported.append(float(engine.state.output["predict_nothing"]))
+    )
     workflow.run()
     history = _loss(tmp_path / "out")
     assert all(torch.isfinite(torch.tensor(history["loss"] + history["predict_nothing"])))
-    # centred targets: predicting nothing scores the mean (biased) variance of the masked patches
+    assert len(expected) == len(reported) == 2  # one epoch of 2 iterations
+    assert reported == pytest.approx(expected, rel=1e-5)
+    assert history["predict_nothing"] == pytest.approx([sum(expected) / len(expected)], rel=1e-5)
     assert 0.0 < history["predict_nothing"][0] < 1.0
-    record = torch.load(tmp_path / "mae_encoder.pt", weights_only=True)["mae_architecture"]
+    record = torch.load(tmp_path / "mae_encoder.pth", weights_only=True)["mae_architecture"]
     assert record["norm_pix_loss"] == "mean"
     assert (tmp_path / "out" / "mae_reconstruction.png").is_file()

@@ -79,5 +79,5 @@ ckpt_export(
     **overrides,
 )
 traced = torch.jit.load(target)
-assert tuple(traced(torch.rand(1, 1, 48, 64)).shape) == (1, 3, 48, 64)
+assert tuple(traced(torch.rand(1, 1, 48, 64)).shape) == (1, 4, 48, 64)  # background, then 3 classes
 print("traced TorchScript exported and loaded")

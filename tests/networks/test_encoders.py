@@ -488,7 +488,7 @@ def test_mae_export_records_its_architecture(tmp_path):
 
     torch.manual_seed(0)
     pretrained = MaskedAutoencoder(arch="tiny", depth=2, num_heads=8)
-    path = pretrained.save_encoder(tmp_path / "mae_encoder.pt", epoch=7)
+    path = pretrained.save_encoder(tmp_path / "mae_encoder.pth", epoch=7)
     state, record = load_mae_checkpoint(path)
     assert record["arch"] == "tiny" and record["depth"] == 2 and record["epoch"] == 7
     assert set(state) == set(pretrained.encoder.state_dict())

@@ -33,8 +33,15 @@ def test_default_head_is_the_paper_configuration():
     assert head.num_classes == 3 and head.grid_size == 64 and head.canvas_size == 1024
     assert type(head.fusion).__name__ == "FAFM"
     assert head.prompt_encoder.prompts == "dense+sparse" and head.prompt_encoder.residual
-    n = count_trainable_parameters(head)
-    assert 5e6 < n < 30e6, n  # FAFM + prompt encoder + SAM decoder (~4M); the paper reports 27.6M
+    # trainable parameters of the paper's configuration, part by part (the paper reports 27.6M in all): FAFM's
+    # two channel aligners, two conv+GroupNorm fusion blocks, the auxiliary block and both channel attentions;
+    # the class prompt encoder's prototypes, activation MLP, dense and sparse heads; SAM's mask decoder without
+    # its IoU head (552,036 parameters, kept in the state dict but frozen: the head has no IoU loss). SAM's own
+    # prompt encoder (6,220, the positional and no-mask embeddings) is frozen and not counted.
+    parts = {name: count_trainable_parameters(module) for name, module in head.named_children()}
+    assert parts == {"fusion": 2_103_296, "prompt_encoder": 723_204, "mask_decoder": 3_506_304, "sam_prompt_encoder": 0}
+    assert count_trainable_parameters(head) == sum(parts.values()) == 6_332_804
+    assert count_trainable_parameters(head.mask_decoder.iou_prediction_head) == 0
     assert head.streams == PAPER_HEAD["streams"] and tuple(PAPER_HEAD) == HEAD_KEYS
 
 
@@ -227,7 +234,7 @@ def test_full_model_from_image_to_logits_at_input_size():
     images = torch.rand(1, 1, 96, 80)
     with torch.no_grad():
         logits = model(images)
-    assert logits.shape == (1, 3, 96, 80)
+    assert logits.shape == (1, 4, 96, 80)  # background, then the 3 classes
     with pytest.raises(ValueError, match="canvas"):
         ScSAM(sam_encoder=sam, mae_encoder=mae, head=build_scsam_head(canvas_size=1024))
 
@@ -236,3 +243,20 @@ def test_a_wrong_sam_checkpoint_is_refused_by_the_builder(tmp_path):
     path = _sam_checkpoint(tmp_path, _head())
     with pytest.raises(ValueError, match="mask_decoder weights do not fit this head"):
         build_scsam_head(grid_size=G, canvas_size=4 * G, feature_dim=128, sam_checkpoint=path)
+
+
+def test_the_background_channel_makes_argmax_the_label_map():
+    """with_background: channel 0 at the threshold's logit, so argmax = the per-class rule of merge_class_logits."""
+    from scsam_monai.data.transforms import merge_class_logits
+    from scsam_monai.networks.scsam import with_background
+
+    logits = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 3
+    logits[0, :, 0, 0] = torch.tensor([-1.0, -2.0, -0.5])  # every class below 0.5: background
+    logits[0, :, 0, 1] = torch.tensor([0.0, -1.0, -1.0])  # exactly at the threshold: background
+    full = with_background(logits)
+    assert full.shape == (2, 4, 16, 16) and (full[:, 0] == 0).all()
+    torch.testing.assert_close(full[:, 1:], logits)
+    label = full.argmax(1)
+    assert label[0, 0, 0] == 0 and label[0, 0, 1] == 0
+    assert torch.equal(label, merge_class_logits(logits)[:, 0])
+    assert torch.equal(with_background(logits, 0.9).argmax(1), merge_class_logits(logits, 0.9)[:, 0])
