@@ -68,6 +68,15 @@ def bundle_files(bundle_dir: Path, package_dir: Path, weights: Path | None = Non
     return files
 
 
+REPOSITORY_BUNDLE_ROOT = "\nbundle_root: bundle\n"
+"""How the repository's configs name the bundle folder: relative to the repository root, where they run."""
+
+
+def packaged_config(text: str) -> str:
+    """A config as the packaged bundle holds it: ``bundle_root: .``, as every Model Zoo bundle runs from its folder."""
+    return text.replace(REPOSITORY_BUNDLE_ROOT, "\nbundle_root: .\n")
+
+
 def check_weights(path: Path) -> None:
     """Refuse weights that are not a trained head recording its ``image_normalization``.
 
@@ -116,7 +125,10 @@ def package(
     shutil.rmtree(partial, ignore_errors=True)
     for arcname, path in files.items():
         (partial / arcname).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, partial / arcname)
+        if arcname.startswith("configs/") and path.suffix == ".yaml":
+            (partial / arcname).write_text(packaged_config(path.read_text(encoding="utf-8")), encoding="utf-8")
+        else:
+            shutil.copyfile(path, partial / arcname)
     (partial / "models").mkdir(exist_ok=True)
     shutil.rmtree(target, ignore_errors=True)
     partial.replace(target)

@@ -26,9 +26,12 @@ def test_packaged_bundle_is_self_contained_with_one_set_of_configs(packaged, rep
     assert not list(packaged.rglob("__pycache__")) and not (packaged / "models" / "model.pt").exists()
     configs = sorted(p.relative_to(packaged).as_posix() for p in packaged.rglob("*.yaml"))
     assert all(c.startswith("configs/") for c in configs) and "configs/inference.yaml" in configs
-    assert (packaged / "configs" / "inference.yaml").read_bytes() == (
-        repo_root / "bundle" / "configs" / "inference.yaml"
-    ).read_bytes()
+    # the repository's configs, with the bundle folder as bundle_root (the Zoo runs a bundle from its folder)
+    for name in ("inference.yaml", "train.yaml", "pretrain_mae.yaml"):
+        source = (repo_root / "bundle" / "configs" / name).read_text()
+        packed = (packaged / "configs" / name).read_text()
+        assert "\nbundle_root: bundle\n" in source and "\nbundle_root: .\n" in packed, name
+        assert packed == source.replace("\nbundle_root: bundle\n", "\nbundle_root: .\n"), name
 
 
 def test_model_zoo_ci_checks_pass_in_a_python_without_the_repository(packaged, tmp_path):
@@ -44,7 +47,14 @@ def test_model_zoo_ci_checks_pass_in_a_python_without_the_repository(packaged, t
     )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
-    for step in ("scsam_monai imported from the bundle", "metadata verified", "net in/out verified", "traced"):
+    steps = (
+        "scsam_monai imported from the bundle",
+        "metadata verified",
+        "net in/out verified",
+        "traced",
+        "preparation",
+    )
+    for step in steps:
         assert step in out, out[-4000:]
 
 

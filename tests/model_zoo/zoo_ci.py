@@ -81,3 +81,16 @@ ckpt_export(
 traced = torch.jit.load(target)
 assert tuple(traced(torch.rand(1, 1, 48, 64)).shape) == (1, 4, 48, 64)  # background, then 3 classes
 print("traced TorchScript exported and loaded")
+
+# the bundle stands alone: bundle_root "." (its folder), data preparation from its own package
+parser = ConfigParser()
+parser.read_config(f=config)
+assert parser.get_parsed_content("ckpt_dir") == "./models", parser.get_parsed_content("ckpt_dir")
+from scsam_monai.cli import prepare  # noqa: E402
+
+assert prepare.__file__.startswith(bundle), prepare.__file__
+try:
+    prepare.main(["--help"])
+except SystemExit as stop:
+    assert stop.code == 0, stop.code
+print("data preparation runs from the bundle")
