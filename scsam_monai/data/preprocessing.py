@@ -28,7 +28,6 @@ over a volume, which volume inference needs.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -178,7 +177,7 @@ class ImagePreprocessing:
         if value is None:
             return None
         text = value if isinstance(value, str) else bytes(torch.as_tensor(value).to(torch.uint8).tolist()).decode()
-        return ImagePreprocessing.of(json.loads(text) if text.startswith("{") else text)
+        return ImagePreprocessing.of(text)
 
     @staticmethod
     def of_model(model: nn.Module) -> ImagePreprocessing:
