@@ -50,7 +50,7 @@ from scsam_monai.data.normalize import (
 )
 from scsam_monai.io.readers import Volume
 
-__all__ = ["INPUTS", "PREPROCESSING_KEY", "ImagePreprocessing", "IntensityNormalized"]
+__all__ = ["INPUTS", "PREPROCESSING_KEY", "ImagePreprocessing", "IntensityNormalized", "as_2d_slice"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class ImagePreprocessing:
         if isinstance(slices, Volume):
             return measure_volume_window(slices, workers=workers)
         if isinstance(slices, (Sequence, np.ndarray, torch.Tensor)):
-            return volume_window((_plane(s) for s in slices), source="the slices given")
+            return volume_window((as_2d_slice(s) for s in slices), source="the slices given")
         raise ValueError(
             "image_normalization 'prepared' needs the whole volume's intensity window before the first slice: pass "
             "window= (scsam_monai.data.normalize.measure_volume_window), a Volume, or a sequence that can be read "
@@ -216,9 +216,18 @@ def _check_preprocessing(
         )
 
 
-def _plane(image: np.ndarray | torch.Tensor) -> np.ndarray:
+def as_2d_slice(image: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A slice ``(H, W)`` or ``(1, H, W)`` (array or tensor) as an ``(H, W)`` array.
+
+    Raises:
+        ValueError: any other shape.
+    """
     array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    return array[0] if array.ndim == 3 and array.shape[0] == 1 else array
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise ValueError(f"Expected a 2D slice (H, W) or (1, H, W), got shape {tuple(array.shape)}.")
+    return array
 
 
 class IntensityNormalized(MapTransform):

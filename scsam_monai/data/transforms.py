@@ -63,11 +63,12 @@ class LoadEMImaged(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         index = d.get(self.slice_key) if self.slice_key else None
-        container = str(d.get(self.container_key) or "") or None if self.container_key else None
+        container = d.get(self.container_key) if self.container_key else None
         for key in self.key_iterator(d):
             source = d[key]
             d[f"{key}_path"] = str(source)
-            array = read_image(source, index=None if index is None else int(index), key=container, stacks=self.stacks)
+            index = None if index is None else int(index)
+            array = read_image(source, index=index, key=str(container) if container else None, stacks=self.stacks)
             d[key] = np.moveaxis(array, 0, -1) if array.ndim == 3 else array
         return d
 

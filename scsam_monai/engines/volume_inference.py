@@ -44,7 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from scsam_monai.data.normalize import IntensityWindow, SliceNormalizer
-from scsam_monai.data.preprocessing import ImagePreprocessing
+from scsam_monai.data.preprocessing import ImagePreprocessing, as_2d_slice
 from scsam_monai.data.transforms import merge_class_logits
 from scsam_monai.io.readers import DataPreparationError, Volume
 
@@ -66,15 +66,6 @@ def volume_slices(volume: Volume) -> Iterator[np.ndarray]:
             raise DataPreparationError(f"{volume.source}: slice {index} (of {depth}) cannot be read: {text}") from err
 
 
-def _as_2d(image: np.ndarray | torch.Tensor) -> np.ndarray:
-    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if array.ndim == 3 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != 2:
-        raise ValueError(f"Expected a 2D slice (H, W) or (1, H, W), got shape {tuple(array.shape)}.")
-    return array
-
-
 def _batch(images: list[np.ndarray], normalizer: SliceNormalizer | None, pin: bool) -> torch.Tensor:
     """``(b, 1, H, W)`` float32 of the slices, normalised straight into the batch (pinned memory on a GPU)."""
     batch = torch.empty((len(images), 1, *images[0].shape), dtype=torch.float32, pin_memory=pin)
@@ -94,7 +85,7 @@ def _batches(
     pending: list[np.ndarray] = []
     first = 0
     for index, image in enumerate(slices):
-        array = _as_2d(image)
+        array = as_2d_slice(image)
         if pending and array.shape != pending[0].shape:
             yield first, _batch(pending, normalizer, pin)
             pending, first = [], index
