@@ -74,12 +74,15 @@ class ScSAMModel(ScSAM):
         """Load the head's weights strictly (``strict`` is ignored: a head that does not fit is an error)."""
         return self.head.load_state_dict(state_dict, strict=True, assign=assign)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, C, H, W)`` for images ``(B, 1, H, W)`` normalised by :attr:`preprocessing`."""
+    def forward(self, images: torch.Tensor, fit_to_canvas: bool = True) -> torch.Tensor:
+        """Logits ``(B, 1 + C, H, W)`` for images ``(B, 1, H, W)`` normalised by :attr:`preprocessing`.
+
+        ``fit_to_canvas`` as :meth:`ScSAM.forward` (False: tiles at the model's pixel size).
+        """
         if torch.jit.is_tracing():
             # a cached positional encoding would enter the trace as a constant in one pass and not in another
             self.head._dense_pe_cache = None
-        return super().forward(images)
+        return super().forward(images, fit_to_canvas)
 
 
 def build_scsam(

@@ -29,8 +29,9 @@ over a volume, which volume inference needs.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -50,13 +51,24 @@ from scsam_monai.data.normalize import (
 )
 from scsam_monai.io.readers import Volume
 
-__all__ = ["INPUTS", "PREPROCESSING_KEY", "ImagePreprocessing", "IntensityNormalized", "as_2d_slice"]
+__all__ = [
+    "INPUTS",
+    "PIXEL_SIZE_KEY",
+    "PREPROCESSING_KEY",
+    "ImagePreprocessing",
+    "IntensityNormalized",
+    "as_2d_slice",
+]
 
 logger = logging.getLogger(__name__)
 
 PREPROCESSING_KEY = "image_normalization"
 """State-dict entry of ``model.pt`` recording the preprocessing (UTF-8 text in a uint8 tensor, so that the file
 stays a plain tensor dict ``torch.load(weights_only=True)`` reads)."""
+
+PIXEL_SIZE_KEY = "pixel_size_nm"
+"""State-dict entry of ``model.pt`` recording the model's pixel size in nanometres (a float64 scalar tensor), when
+training knew it."""
 
 INPUTS = ("raw", "datalist")
 """What images a path feeds: ``raw`` inputs (files given to inference) or a ``datalist``'s items (for ``prepared``:
@@ -69,9 +81,14 @@ class ImagePreprocessing:
 
     Args:
         normalization: ``"per_image"`` or ``"prepared"``.
+        pixel_size: the model's pixel size in nanometres: the size of one canvas pixel when the model saw its
+            training images (the data's pixel size times the training slices' longest side over the canvas, see
+            :mod:`scsam_monai.data.pixel_size`); None when training did not know it. Inference resamples inputs
+            to it and tiles what does not fit the canvas. It is a property of the weights, not a setting: loading
+            weights adopts the pixel size they record, and it takes no part in comparing preprocessings.
 
     Raises:
-        ValueError: an unknown normalisation, naming the valid ones.
+        ValueError: an unknown normalisation, naming the valid ones; a pixel size that is not positive.
 
     Example::
 
@@ -81,6 +98,7 @@ class ImagePreprocessing:
     """
 
     normalization: str = "per_image"
+    pixel_size: float | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.normalization not in IMAGE_NORMALIZATIONS:
@@ -88,6 +106,15 @@ class ImagePreprocessing:
                 f"image_normalization must be one of {', '.join(IMAGE_NORMALIZATIONS)} (the one the model was "
                 f"trained with, train.yaml's image_normalization); got {self.normalization!r}."
             )
+        if self.pixel_size is not None:
+            size = float(self.pixel_size)
+            if not (math.isfinite(size) and size > 0):
+                raise ValueError(f"pixel_size must be a positive number of nanometres, got {self.pixel_size!r}.")
+            object.__setattr__(self, "pixel_size", size)
+
+    def with_pixel_size(self, pixel_size: float | None) -> ImagePreprocessing:
+        """The same normalisation with the model's pixel size ``pixel_size`` (nm; None: unknown)."""
+        return replace(self, pixel_size=pixel_size)
 
     @classmethod
     def of(cls, value: ImagePreprocessing | str | Mapping[str, Any]) -> ImagePreprocessing:
@@ -172,12 +199,14 @@ class ImagePreprocessing:
 
     @staticmethod
     def recorded(state: Mapping[str, Any], prefix: str = "") -> ImagePreprocessing | None:
-        """The preprocessing a state dict records under ``prefix``, or None when it records none."""
+        """The preprocessing a state dict records under ``prefix`` (with its pixel size), or None when it records
+        none."""
         value = state.get(prefix + PREPROCESSING_KEY)
         if value is None:
             return None
         text = value if isinstance(value, str) else bytes(torch.as_tensor(value).to(torch.uint8).tolist()).decode()
-        return ImagePreprocessing.of(text)
+        size = state.get(prefix + PIXEL_SIZE_KEY)
+        return ImagePreprocessing(text, None if size is None else float(torch.as_tensor(size)))
 
     @staticmethod
     def of_model(model: nn.Module) -> ImagePreprocessing:
@@ -193,7 +222,10 @@ class ImagePreprocessing:
 
 
 def _save_preprocessing(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
-    state_dict[prefix + PREPROCESSING_KEY] = module.image_preprocessing._encoded()
+    preprocessing = module.image_preprocessing
+    state_dict[prefix + PREPROCESSING_KEY] = preprocessing._encoded()
+    if preprocessing.pixel_size is not None:
+        state_dict[prefix + PIXEL_SIZE_KEY] = torch.tensor(preprocessing.pixel_size, dtype=torch.float64)
 
 
 def _check_preprocessing(
@@ -201,7 +233,11 @@ def _check_preprocessing(
 ) -> None:
     expected = module.image_preprocessing
     recorded = ImagePreprocessing.recorded(state_dict, prefix)
-    state_dict.pop(prefix + PREPROCESSING_KEY, None)  # not a parameter: never "unexpected"
+    state_dict.pop(prefix + PREPROCESSING_KEY, None)  # not parameters: never "unexpected"
+    state_dict.pop(prefix + PIXEL_SIZE_KEY, None)
+    if recorded is not None and recorded == expected and recorded.pixel_size is not None:
+        # the pixel size belongs to the weights: a head that loads them segments at their pixel size
+        module.image_preprocessing = expected.with_pixel_size(recorded.pixel_size)
     if recorded is None:
         logger.warning(
             "The head's weights record no image_normalization (saved before it was recorded); assuming the "

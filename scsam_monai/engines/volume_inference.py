@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, nullcontext
 from typing import Any
 
@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from scsam_monai.data.normalize import IntensityWindow, SliceNormalizer
 from scsam_monai.data.preprocessing import ImagePreprocessing, as_2d_slice
 from scsam_monai.data.transforms import merge_class_logits
+from scsam_monai.engines.tiling import Tiling, segment_tiled
 from scsam_monai.io.readers import DataPreparationError, Volume
 
 __all__ = ["SliceWiseInferer", "segment_slices", "volume_slices"]
@@ -54,10 +55,10 @@ _DONE = object()
 _POLL_S = 0.1
 
 
-def volume_slices(volume: Volume) -> Iterator[np.ndarray]:
-    """The z slices of ``volume`` in order; a failed read names the file and the slice."""
+def volume_slices(volume: Volume, indices: Iterable[int] | None = None) -> Iterator[np.ndarray]:
+    """The z slices of ``volume`` in order (or those of ``indices``); a failed read names the file and the slice."""
     depth = volume.shape[0]
-    for index in range(depth):
+    for index in range(depth) if indices is None else indices:
         try:
             yield volume.read_slice(index)
         except Exception as err:
@@ -80,21 +81,31 @@ def _batch(images: list[np.ndarray], normalizer: SliceNormalizer | None, pin: bo
 
 def _batches(
     slices: Iterable, batch_size: int, normalizer: SliceNormalizer | None, pin: bool
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """Consecutive batches ``(first index, (b, 1, H, W))``; a slice of another size starts a new batch."""
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Consecutive batches ``(indices, (b, 1, H, W))``; a slice of another size starts a new batch."""
     pending: list[np.ndarray] = []
     first = 0
     for index, image in enumerate(slices):
         array = as_2d_slice(image)
         if pending and array.shape != pending[0].shape:
-            yield first, _batch(pending, normalizer, pin)
+            yield list(range(first, first + len(pending))), _batch(pending, normalizer, pin)
             pending, first = [], index
         pending.append(array)
         if len(pending) == batch_size:
-            yield first, _batch(pending, normalizer, pin)
+            yield list(range(first, first + len(pending))), _batch(pending, normalizer, pin)
             pending, first = [], index + 1
     if pending:
-        yield first, _batch(pending, normalizer, pin)
+        yield list(range(first, first + len(pending))), _batch(pending, normalizer, pin)
+
+
+def _grouped_batches(
+    volume: Volume, groups: Sequence[Sequence[int]], normalizer: SliceNormalizer | None, pin: bool
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """One batch per group of slice indices of ``volume`` (groups fixed by the caller, whatever reads them)."""
+    for group in groups:
+        indices = [int(i) for i in group]
+        images = [as_2d_slice(image) for image in volume_slices(volume, indices)]
+        yield indices, _batch(images, normalizer, pin)
 
 
 def _prefetched(batches: Iterator, depth: int) -> Iterator:
@@ -142,7 +153,7 @@ def _prefetched(batches: Iterator, depth: int) -> Iterator:
 class _WriteBack:
     """Hands label maps to ``writer`` from a thread, in order, at most ``depth`` batches behind the model.
 
-    Items are ``(first index, labels, probabilities or None, CUDA event or None)``; the event is waited for
+    Items are ``(slice indices, labels, probabilities or None, CUDA event or None)``; the event is waited for
     before the host copies are read. ``depth`` 0 writes in the caller's thread.
     """
 
@@ -158,7 +169,7 @@ class _WriteBack:
             self.thread.start()
 
     def _write(self, item: tuple) -> None:
-        first, labels, probabilities, event = item
+        indices, labels, probabilities, event = item
         if event is not None:
             event.synchronize()
         labels = labels.numpy() if isinstance(labels, torch.Tensor) else labels
@@ -166,13 +177,13 @@ class _WriteBack:
             labels = labels.astype(np.uint16)
         if isinstance(probabilities, torch.Tensor):
             probabilities = probabilities.numpy()
-        for offset, label in enumerate(labels):
+        for offset, (index, label) in enumerate(zip(indices, labels, strict=True)):
             if self.stop.is_set():
                 return
             if self.with_probabilities:
-                self.writer(first + offset, label, probabilities[offset])
+                self.writer(index, label, probabilities[offset])
             else:
-                self.writer(first + offset, label)
+                self.writer(index, label)
             self.written += 1
 
     def _run(self) -> None:
@@ -256,8 +267,21 @@ def segment_slices(
     writeback: int = 2,
     progress: bool = True,
     total: int | None = None,
+    tiling: Tiling | None = None,
+    scale: float = 1.0,
+    groups: Sequence[Sequence[int]] | None = None,
+    progress_count: Callable[[], int] | None = None,
 ) -> int:
     """Segment 2D slices one batch at a time and hand each label map to ``writer``, in input order.
+
+    Two ways to place a slice on the model's canvas:
+
+    - ``tiling`` None: the model resizes each slice so that its longest side fills the canvas (models that
+      record no pixel size, and MONAI's transform chain); slices of one size are batched.
+    - ``tiling`` given: each slice is resampled by ``scale`` (input pixel size / model pixel size) and
+      segmented at the model's pixel size: in one piece when it fits the canvas, else in Gaussian-blended tiles
+      (:func:`~scsam_monai.engines.tiling.segment_tiled`, ``tiling.batch_size`` tiles per model call); the
+      labels come back on the input's grid. The model must take ``fit_to_canvas=False`` (the bundle's ScSAM).
 
     Args:
         model: image-to-logits model, ``(B, 1, H, W)`` in [0, 1] -> ``(B, C, H, W)`` (a
@@ -285,6 +309,12 @@ def segment_slices(
         writeback: batches of label maps queued for the writer thread (0: ``writer`` runs in this thread).
         progress: show a progress bar.
         total: number of slices for the progress bar (taken from ``len(slices)`` when it has one).
+        tiling: segment at the model's pixel size in tiles (see above); None: resize onto the canvas.
+        scale: input pixel size / model pixel size (with ``tiling``).
+        groups: with a :class:`Volume`: the slice indices to segment, one model batch per group, in this order
+            (a distributed run's share, fixed whatever the number of ranks); ``writer`` gets the volume's indices.
+        progress_count: called after every batch for the number of slices done so far (all ranks of a
+            distributed run, counted in the output); None: this call's own count.
 
     Returns:
         The number of slices segmented.
@@ -303,13 +333,21 @@ def segment_slices(
     if normalize:
         preprocessing = preprocessing or ImagePreprocessing.of_model(model)
         normalizer = preprocessing.normalizer(preprocessing.window(slices, window))
-    if isinstance(slices, Volume):
-        total = slices.shape[0] if total is None else total
-        slices = volume_slices(slices)
-    elif total is None and hasattr(slices, "__len__"):
-        total = len(slices)  # type: ignore[arg-type]
-    model.eval()
     cuda = device.type == "cuda"
+    if groups is not None:
+        if not isinstance(slices, Volume):
+            raise ValueError("groups= needs a Volume (its slices are read by index).")
+        total = sum(len(g) for g in groups) if total is None else total
+        produced = _grouped_batches(slices, groups, normalizer, cuda)
+    else:
+        if isinstance(slices, Volume):
+            total = slices.shape[0] if total is None else total
+            slices = volume_slices(slices)
+        elif total is None and hasattr(slices, "__len__"):
+            total = len(slices)  # type: ignore[arg-type]
+        # tiled: one slice per batch (its tiles are batched), so at most a few whole float32 slices are in flight
+        produced = _batches(slices, 1 if tiling is not None else batch_size, normalizer, cuda)
+    model.eval()
     use_amp = amp and cuda
     if use_amp and amp_dtype is None:
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -318,9 +356,16 @@ def segment_slices(
     copies = torch.cuda.Stream(device) if cuda else None
     output = _WriteBack(writer, writeback, probabilities)
     try:
-        reader = closing(_prefetched(_batches(slices, batch_size, normalizer, cuda), prefetch))
+        reader = closing(_prefetched(produced, min(prefetch, 1) if tiling is not None else prefetch))
         with tqdm(total=total, desc="Segmenting slices", unit="slice", disable=not progress) as bar, reader as batches:
-            for first, batch in batches:
+            for indices, batch in batches:
+                if tiling is not None:
+                    labels, probs = _segment_tiled_batch(
+                        model, batch, tiling, scale, device, autocast, threshold, probabilities
+                    )
+                    output.put((indices, labels, probs, None))
+                    _advance(bar, len(indices), progress_count)
+                    continue
                 if cuda:
                     with torch.cuda.stream(copies):
                         images = batch.to(device, non_blocking=True)
@@ -340,12 +385,53 @@ def segment_slices(
                     event = torch.cuda.Event()
                     event.record(compute)
                 del images, logits, merged, batch
-                output.put((first, labels, probs, event))
-                bar.update(len(labels))
+                output.put((indices, labels, probs, event))
+                _advance(bar, len(indices), progress_count)
             return output.finish()
     except BaseException:
         output.cancel()
         raise
+
+
+def _advance(bar: tqdm, done: int, progress_count: Callable[[], int] | None) -> None:
+    """Move the progress bar by ``done`` slices, or to what ``progress_count`` counts (all ranks)."""
+    if progress_count is None:
+        bar.update(done)
+        return
+    bar.update(max(0, min(bar.total or 0, progress_count()) - bar.n))
+
+
+def _segment_tiled_batch(
+    model: nn.Module,
+    batch: torch.Tensor,
+    tiling: Tiling,
+    scale: float,
+    device: torch.device,
+    autocast: Any,
+    threshold: float,
+    probabilities: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels ``(b, H, W)`` (and probabilities ``(b, C, H, W)``) of a batch of slices, each at the model's pixel
+    size, tiled when it does not fit the canvas."""
+
+    def at_own_pixel_size(images: torch.Tensor) -> torch.Tensor:
+        return model(images, fit_to_canvas=False)
+
+    labels, probs = [], []
+    for image in batch[:, 0]:
+        label, prob = segment_tiled(
+            at_own_pixel_size,
+            image,
+            tiling=tiling,
+            scale=scale,
+            device=device,
+            autocast=autocast,
+            threshold=threshold,
+            probabilities=probabilities,
+        )
+        labels.append(label)
+        probs.append(prob)
+    return np.stack(labels), (np.stack(probs) if probabilities else None)
 
 
 class SliceWiseInferer(Inferer):

@@ -171,6 +171,22 @@ _SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 _SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 
 
+def _onto_canvas(x: torch.Tensor, canvas: int, fit: bool) -> torch.Tensor:
+    """``x`` resized so its longest side is ``canvas`` (``fit``), or as it is when it fits (then only padded).
+
+    Raises:
+        ValueError: ``fit`` is False and ``x`` is larger than the canvas.
+    """
+    if fit:
+        return resize_longest(x, canvas, mode="bilinear")
+    if max(x.shape[-2:]) > canvas:
+        raise ValueError(
+            f"an image of {tuple(x.shape[-2:])} pixels does not fit the {canvas}x{canvas} canvas at its own pixel "
+            "size: tile it (scsam_monai.engines.tiling) or let the encoder resize it (fit_to_canvas=True)."
+        )
+    return x
+
+
 def _check_images(images: torch.Tensor, owner: str) -> None:
     """Validate a batch of images (B, C, H, W), C in {1, 3}, finite floats in [0, 1]."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
@@ -417,11 +433,13 @@ class FrozenSamEncoder(_FrozenEncoder):
         """The autocast dtype of the ViT on ``device`` (default: where the encoder is), None for float32."""
         return resolve_precision(self.precision, self.pixel_mean.device if device is None else device)
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+    def preprocess(self, images: torch.Tensor, *, fit_to_canvas: bool = True) -> torch.Tensor:
         """Place images on SAM's normalised canvas.
 
         Args:
             images: intensities in [0, 1], shape (B, C, H, W), C in {1, 3}.
+            fit_to_canvas: resize the longest side to the canvas (SAM's way); False: images no larger than the
+                canvas keep their pixel size and are only padded (tiles at the model's pixel size).
 
         Returns:
             Tensor (B, 3, S, S), S = ``img_size``; the padded region is 0 (SAM's order: normalise, then pad).
@@ -430,22 +448,23 @@ class FrozenSamEncoder(_FrozenEncoder):
         x = images.to(device=self.pixel_mean.device, dtype=self.pixel_mean.dtype)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        x = resize_longest(x * 255.0, self.img_size, mode="bilinear")
+        x = _onto_canvas(x * 255.0, self.img_size, fit_to_canvas)
         x = (x - self.pixel_mean) / self.pixel_std
         return pad_to_square(x, self.img_size, pad_value=0.0)
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, *, fit_to_canvas: bool = True) -> torch.Tensor:
         """Embed images.
 
         Args:
             images: intensities in [0, 1], shape (B, C, H, W), C in {1, 3}, any H, W.
+            fit_to_canvas: see :meth:`preprocess`.
 
         Returns:
             Embeddings (B, 256, 64, 64) covering the canvas; the image occupies the top-left
             ``input_size(H, W)`` scaled by 64 / ``img_size``; float32.
         """
-        x = self.preprocess(images)
+        x = self.preprocess(images, fit_to_canvas=fit_to_canvas)
         if torch.jit.is_tracing():  # a trace (TorchScript export) records the eager ops, never a compiled graph
             with precision_context(x.device, self.compute_dtype(x.device)):
                 return self.encoder.forward(x).float()
@@ -601,11 +620,13 @@ class FrozenMaeEncoder(_FrozenEncoder):
             self.cache_key += "-blank"
         self._freeze()
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+    def preprocess(self, images: torch.Tensor, *, fit_to_canvas: bool = True) -> torch.Tensor:
         """Place images on the normalised canvas.
 
         Args:
             images: intensities in [0, 1], shape (B, C, H, W), C in {1, 3} (RGB is averaged).
+            fit_to_canvas: resize the longest side to the canvas; False: images no larger than the canvas keep
+                their pixel size and are only padded (tiles at the model's pixel size).
 
         Returns:
             Tensor (B, 1, S, S), S = ``img_size``: resized, padded with 0 in intensity space, then normalised
@@ -615,7 +636,7 @@ class FrozenMaeEncoder(_FrozenEncoder):
         x = images.to(device=self.pixel_mean.device, dtype=self.pixel_mean.dtype)
         if x.shape[1] == 3:
             x = x.mean(dim=1, keepdim=True)
-        x = pad_to_square(resize_longest(x, self.img_size, mode="bilinear"), self.img_size, pad_value=0.0)
+        x = pad_to_square(_onto_canvas(x, self.img_size, fit_to_canvas), self.img_size, pad_value=0.0)
         return (x - self.pixel_mean) / self.pixel_std
 
     def tile(self, x: torch.Tensor) -> torch.Tensor:
@@ -669,14 +690,17 @@ class FrozenMaeEncoder(_FrozenEncoder):
         return feats.reshape(n, g, g, -1).permute(0, 3, 1, 2)
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, *, fit_to_canvas: bool = True) -> torch.Tensor:
         """Embed images.
 
         Args:
             images: intensities in [0, 1], shape (B, C, H, W), C in {1, 3}, any H, W.
+            fit_to_canvas: see :meth:`preprocess`.
 
         Returns:
             Embeddings (B, 512, 64, 64) covering the canvas; the image occupies the top-left
             ``input_size(H, W)`` scaled by 64 / ``img_size``.
         """
-        return self.stitch(self.encode_tiles(self.tile(self.preprocess(images)))).contiguous()
+        return self.stitch(
+            self.encode_tiles(self.tile(self.preprocess(images, fit_to_canvas=fit_to_canvas)))
+        ).contiguous()

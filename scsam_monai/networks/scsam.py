@@ -294,20 +294,34 @@ class ScSAM(nn.Module):
                     f"Encoder canvas {encoder.img_size} differs from the head's canvas_size {head.canvas_size}."
                 )
 
-    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def embed(
+        self, images: torch.Tensor, *, fit_to_canvas: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Frozen embeddings ``(B, 256, 64, 64)`` and ``(B, 512, 64, 64)`` of images ``(B, 1, H, W)`` in [0, 1]."""
-        sam = self.sam_encoder(images) if self.sam_encoder is not None else None
-        mae = self.mae_encoder(images) if self.mae_encoder is not None else None
+        sam = self.sam_encoder(images, fit_to_canvas=fit_to_canvas) if self.sam_encoder is not None else None
+        mae = self.mae_encoder(images, fit_to_canvas=fit_to_canvas) if self.mae_encoder is not None else None
         return sam, mae
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    @property
+    def canvas_size(self) -> int:
+        """Side of the square canvas the encoders see (1024 for SAM ViT-B/L/H)."""
+        return int(self.head.canvas_size)
+
+    def forward(self, images: torch.Tensor, fit_to_canvas: bool = True) -> torch.Tensor:
         """Logits ``(B, 1 + C, H, W)`` for images ``(B, 1, H, W)`` normalised to [0, 1]: background, then C classes.
 
         Channel 0 is the background (:func:`with_background`); the argmax over channels is the label map.
+
+        Args:
+            images: ``(B, 1, H, W)`` in [0, 1].
+            fit_to_canvas: resize each image so that its longest side is the canvas (any size; how the model is
+                trained); False: images no larger than the canvas are segmented at their own pixel size, padded
+                (the tiles of :mod:`scsam_monai.engines.tiling`).
         """
         if images.ndim != 4:
             raise ValueError(f"ScSAM expects images of shape (B, C, H, W), got {tuple(images.shape)}.")
         h, w = images.shape[-2:]
         encoder = self.sam_encoder if self.sam_encoder is not None else self.mae_encoder
-        sam, mae = self.embed(images)
-        return with_background(self.head(sam, mae, input_size=encoder.input_size(h, w), original_size=(h, w)))
+        sam, mae = self.embed(images, fit_to_canvas=fit_to_canvas)
+        placed = encoder.input_size(h, w) if fit_to_canvas else (h, w)
+        return with_background(self.head(sam, mae, input_size=placed, original_size=(h, w)))

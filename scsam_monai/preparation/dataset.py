@@ -19,6 +19,7 @@ import numpy as np
 
 from scsam_monai.atomic import atomic_write_json
 from scsam_monai.data.normalize import normalize_slice
+from scsam_monai.data.pixel_size import in_plane_pixel_size
 from scsam_monai.io.readers import DataPreparationError
 from scsam_monai.preparation.cells import check_plan, label_slice, measure_cell, open_cell, resolve_classes, safe_name
 from scsam_monai.preparation.geometry import crop_slice, downscale_image
@@ -36,6 +37,28 @@ from scsam_monai.preparation.splits import SPLITS, SplitSpec, assign_splits, sel
 __all__ = ["prepare_dataset"]
 
 _AXES = {"z": 0, "y": 1, "x": 2}
+
+
+def _slices_pixel_size(cells: Sequence[Any], ax: int, factor: int, warnings: list[str]) -> float | None:
+    """The pixel size (nm) of the slices written: the cells' in-plane spacing times ``--downscale``, when every
+    cell gives one and they agree within 1%; otherwise None, with a warning (train with ``--pixel_size``)."""
+    sizes = []
+    for cell in cells:
+        volume = cell.image
+        spacing = volume.spacing or (None, None, None)
+        plane = [s for i, s in enumerate(spacing) if i != ax]
+        size, how = in_plane_pixel_size(plane, volume.unit, volume.source)
+        if size is None:
+            warnings.append(f"{how}: the datalist records no pixel_size (give training --pixel_size).")
+            return None
+        sizes.append(size * factor)
+    if max(sizes) > 1.01 * min(sizes):
+        warnings.append(
+            f"the cells' pixel sizes differ ({min(sizes):.4g} to {max(sizes):.4g} nm after --downscale): the datalist "
+            "records no pixel_size (resample the cells to one size, or give training --pixel_size)."
+        )
+        return None
+    return float(np.median(sizes))
 
 
 def prepare_dataset(
@@ -119,6 +142,7 @@ def prepare_dataset(
                         size = cell.image.shape[ax]
                         warnings.append(f"{cell.image.source}: slice range {start}:{stop} goes past its {size} slices.")
         check_plan(opened, ax, crop, factor, main, warnings)
+        pixel_size = _slices_pixel_size(opened, ax, factor, warnings)
         check_out_dir(out_dir)
         for cell in opened:
             measure_cell(cell, ax, crop, classes, options, warnings, progress)
@@ -187,6 +211,7 @@ def prepare_dataset(
                 "middle_slices": middle_slices,
                 "crop": None if crop is None else [list(crop[0]), list(crop[1])],
                 "downscale": factor,
+                "pixel_size": pixel_size,
                 "overlap": {
                     "first": "where masks overlap, the class listed first wins",
                     "last": "where masks overlap, the class listed last wins",
@@ -210,10 +235,11 @@ def prepare_dataset(
                 (staging / "folds").mkdir()
                 for fold in range(num_folds):
                     atomic_write_json(
-                        staging / "folds" / f"fold_{fold}.json", datalist_json(entries[fold], classes, description)
+                        staging / "folds" / f"fold_{fold}.json",
+                        datalist_json(entries[fold], classes, description, pixel_size),
                     )
             atomic_write_json(staging / "manifest.json", manifest)
-            atomic_write_json(staging / "datalist.json", datalist_json(entries[main], classes, description))
+            atomic_write_json(staging / "datalist.json", datalist_json(entries[main], classes, description, pixel_size))
             swap_into_place(staging, out_dir)
             done = True
         finally:

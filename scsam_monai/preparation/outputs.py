@@ -69,11 +69,15 @@ def swap_into_place(staging: Path, out_dir: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def datalist_json(entries: dict[str, list], classes: list[str], description: str) -> dict:
-    """The MONAI datalist of one split assignment (``training``, ``validation``, ``test`` and the labels)."""
+def datalist_json(
+    entries: dict[str, list], classes: list[str], description: str, pixel_size: float | None = None
+) -> dict:
+    """The MONAI datalist of one split assignment (``training``, ``validation``, ``test`` and the labels), with the
+    slices' pixel size in nm when it is known (training records the model's pixel size from it)."""
     return {
         "name": "scsam-prepared-em",
         "description": description,
+        **({} if pixel_size is None else {"pixel_size": pixel_size}),
         "labels": {str(i): n for i, n in enumerate(["background", *classes])},
         "numTraining": len(entries["training"]),
         "numValidation": len(entries["validation"]),

@@ -193,11 +193,12 @@ def check_input(input_path: str | Path | None) -> list[str]:
 
 
 def require_input(input_path: str | Path | None, split: str | None = None) -> None:
-    """Inference's first step: stop with a clear error unless ``split`` or an existing ``input_path`` is named.
+    """Inference's first step: stop with a clear error unless ``split`` or an existing ``input_path`` is named
+    (a named ``input_path`` wins over ``split`` and must exist).
 
     Raises:
         ConfigValidationError: nothing to segment, or the input does not exist.
     """
-    problems = [] if split else check_input(input_path)
+    problems = check_input(input_path) if input_path is not None or not split else []
     if problems:
         raise ConfigValidationError(f"the inference cannot start: {problems[0]}")

@@ -10,29 +10,17 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from torch import nn
 
 from scsam_monai.data.preprocessing import ImagePreprocessing
 from scsam_monai.engines import inference_job
 from scsam_monai.engines.inference_job import list_inputs, segment_inputs, segment_volume
 from scsam_monai.io.readers import Volume, open_volume
 from scsam_monai.io.writers import open_writer
-from scsam_monai.networks.scsam import with_background
 from scsam_monai.palette import class_colour, colourise
+from tests.helpers import StandInModel
 
 SPACING = (0.5, 0.01, 0.02)
-
-
-class ThresholdModel(nn.Module):
-    """Logits of the background and 3 classes from intensity bands: class k where the image is in band k (1..3)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(20.0), requires_grad=False)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        centres = torch.tensor([0.375, 0.625, 0.875]).view(1, 3, 1, 1)
-        return with_background(self.scale * (0.125 - (images - centres).abs()))
+# the stand-in model: StandInModel("bands"), class k (1..3) where the normalised image is in [k / 4, (k + 1) / 4]
 
 
 def _volume(depth: int = 5, h: int = 16, w: int = 12) -> np.ndarray:
@@ -44,7 +32,7 @@ def _expected(array: np.ndarray) -> np.ndarray:
     from scsam_monai.data.normalize import normalize_slice
 
     x = torch.from_numpy(np.stack([normalize_slice(s) for s in array]))[:, None]
-    return ThresholdModel()(x).argmax(1).numpy().astype(np.uint8)  # channel 0 is the background
+    return StandInModel("bands")(x).argmax(1).numpy().astype(np.uint8)  # channel 0 is the background
 
 
 def _write_input(fmt: str, path, array: np.ndarray):
@@ -82,7 +70,7 @@ def _write_input(fmt: str, path, array: np.ndarray):
 def test_label_map_is_written_in_the_input_format_with_its_spacing(tmp_path, fmt, name, out_name):
     array = _volume()
     _write_input(fmt, tmp_path / name, array)
-    record = segment_volume(ThresholdModel(), tmp_path / name, tmp_path / "out", batch_size=2, progress=False)
+    record = segment_volume(StandInModel("bands"), tmp_path / name, tmp_path / "out", batch_size=2, progress=False)
     assert record["label"].endswith(out_name)
     with open_volume(record["label"]) as out:
         assert out.shape == array.shape
@@ -95,7 +83,7 @@ def test_nifti_on_request_and_probability_maps(tmp_path):
     array = _volume(depth=3)
     _write_input("tiff", tmp_path / "vol.tif", array)
     record = segment_volume(
-        ThresholdModel(),
+        StandInModel("bands"),
         tmp_path / "vol.tif",
         tmp_path / "out",
         output_format="nifti",
@@ -117,7 +105,7 @@ def test_nifti_on_request_and_probability_maps(tmp_path):
 def test_2d_tiff_image_gives_a_2d_uint8_label_map_named_after_it(tmp_path):
     image = _volume(1)[0]
     tifffile.imwrite(tmp_path / "slice_07.tif", image)
-    (record,) = segment_inputs(ThresholdModel(), tmp_path / "slice_07.tif", tmp_path / "out", progress=False)
+    (record,) = segment_inputs(StandInModel("bands"), tmp_path / "slice_07.tif", tmp_path / "out", progress=False)
     assert record["format"] == "tiff" and record["label"] == str(tmp_path / "out" / "slice_07_seg.tif")
     label = tifffile.imread(record["label"])
     assert label.shape == image.shape and label.dtype == np.uint8
@@ -150,7 +138,7 @@ def test_png_image_gives_png_label_and_folder_lists_each_input(tmp_path):
     _write_input("zarr", tmp_path / "in" / "c.zarr", _volume(2))
     (tmp_path / "in" / "notes.txt").write_text("not an image")
     assert [p.rsplit("/", 1)[-1] for p in list_inputs(tmp_path / "in")] == ["a.png", "b.tif", "c.zarr"]
-    records = segment_inputs(ThresholdModel(), tmp_path / "in", tmp_path / "out", progress=False)
+    records = segment_inputs(StandInModel("bands"), tmp_path / "in", tmp_path / "out", progress=False)
     assert [r["format"] for r in records] == ["png", "tiff", "zarr"]
     label = np.asarray(Image.open(tmp_path / "out" / "a_seg.png"))
     np.testing.assert_array_equal(label, _expected(_volume(1))[0])
@@ -188,7 +176,13 @@ def test_volume_is_streamed_in_bounded_memory(tmp_path, monkeypatch):
 
     monkeypatch.setattr(inference_job, "open_writer", counting_writer)
     record = segment_volume(
-        ThresholdModel(), "generated.zarr", tmp_path, batch_size=4, overlay_slices=None, progress=False
+        StandInModel("bands"),
+        "generated.zarr",
+        tmp_path,
+        batch_size=4,
+        overlay_slices=None,
+        progress=False,
+        output_format="tiff",  # a single-file writer: the OME-Zarr store is resumable, not all-or-nothing
     )
     assert state["written"] == depth
     assert state["ahead"] <= 4 * (2 + 2 + 3)  # batch_size * (prefetch + writeback + 3), as segment_slices promises
@@ -196,30 +190,15 @@ def test_volume_is_streamed_in_bounded_memory(tmp_path, monkeypatch):
         assert out.shape == (depth, h, w)
 
 
-class FailingModel(ThresholdModel):
-    """Fails on its second call (after the first batch's label maps went to the writers)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        if self.calls == 2:
-            raise RuntimeError("device lost")
-        return super().forward(images)
-
-
 @pytest.mark.parametrize(
     ("fmt", "name"),
     [
         ("tiff", "vol.tif"),
         ("hdf5", "vol.h5"),
-        ("zarr", "vol.zarr"),
         ("n5", "vol.n5"),
         ("nifti", "vol.nii.gz"),
         ("png", "vol.png"),
-    ],
+    ],  # zarr is a resumable store that keeps its completed slices: tests/engines/test_whole_dataset.py
 )
 @pytest.mark.parametrize("failure", ["read", "model"])
 def test_a_failed_run_leaves_no_partial_output_and_keeps_the_old_one(tmp_path, monkeypatch, fmt, name, failure):
@@ -237,7 +216,8 @@ def test_a_failed_run_leaves_no_partial_output_and_keeps_the_old_one(tmp_path, m
     if fmt == "tiff":  # an older result stays until a complete new one replaces it
         tifffile.imwrite(out / "vol_seg.tif", np.full(array.shape, 7, np.uint8))
     before = sorted(p.name for p in out.iterdir())
-    model = FailingModel() if failure == "model" else ThresholdModel()
+    # the model fails on its second call, after the first batch's label maps went to the writers
+    model = StandInModel("bands", fail_on_call=2 if failure == "model" else None)
     expected = "slice 4 \\(of 6\\) cannot be read.*truncated" if failure == "read" else "device lost"
     with pytest.raises(Exception, match=expected):
         segment_volume(
@@ -261,12 +241,12 @@ def test_prepared_normalises_a_raw_input_per_volume_and_datalist_slices_as_train
 
     raw = (_volume(depth=4).astype(np.uint16) * 40 + 1000) * np.arange(1, 5, dtype=np.uint16)[:, None, None]
     _write_input("tiff", tmp_path / "raw.tif", raw)
-    model = ImagePreprocessing("prepared").attach(ThresholdModel())  # what its weights would record
+    model = ImagePreprocessing("prepared").attach(StandInModel("bands"))  # what its weights would record
     (record,) = segment_inputs(model, tmp_path / "raw.tif", tmp_path / "out")
     window = volume_window(iter(raw), source="raw.tif")
     assert record["image_normalization"] == "prepared" and record["intensity_window"]["low"] == window.low
     x = torch.from_numpy(np.stack([normalize_slice(s, window) for s in raw]))[:, None]
-    expected = ThresholdModel()(x).argmax(1).numpy()
+    expected = StandInModel("bands")(x).argmax(1).numpy()
     np.testing.assert_array_equal(tifffile.imread(record["label"]), expected)
 
     # a datalist split of prepared (uint8) slices: 0..255 -> 0..1, train.yaml's "prepared" transform
@@ -276,7 +256,7 @@ def test_prepared_normalises_a_raw_input_per_volume_and_datalist_slices_as_train
     (record,) = segment_inputs(model, None, tmp_path / "out2", datalist=tmp_path / "datalist.json", split="test")
     assert record["intensity_window"] == PREPARED_SLICE_WINDOW.as_dict()
     x = torch.from_numpy(image.astype(np.float32) / 255)[None, None]
-    np.testing.assert_array_equal(tifffile.imread(record["label"]), ThresholdModel()(x).argmax(1)[0])
+    np.testing.assert_array_equal(tifffile.imread(record["label"]), StandInModel("bands")(x).argmax(1)[0])
 
 
 @pytest.mark.parametrize("byteorder", ["<", ">"])

@@ -1,0 +1,109 @@
+"""Whole datasets through the bundle as users run it: training records the pixel size, ``torchrun`` shards inference.
+
+The demo profile (tiny random-weight encoders) trains on a small synthetic set declared to be at 8 nm, so that
+its weights record a model pixel size of 4 nm (128-pixel slices on the 256-pixel canvas). That model then
+segments a 4,096-pixel mosaic of the demo's synthetic slices in tiles, and a stack through
+``torchrun --nproc_per_node 2 -m monai.bundle run inference``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+from scsam_monai.bundle_command import bundle_command
+from scsam_monai.data.preprocessing import PIXEL_SIZE_KEY
+from scsam_monai.engines.tiling import Tiling, segment_tiled
+from scsam_monai.model import build_scsam
+from scsam_monai.synthetic import synthesize_slice, write_synthetic_dataset
+from tests.helpers import run_bundle, run_command
+
+pytestmark = pytest.mark.slow
+
+CLASSES = ["background", "nucleus", "mitochondria", "granules"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, repo_root):
+    work = tmp_path_factory.mktemp("pixel_size")
+    write_synthetic_dataset(work / "data", num_train=10, num_val=3, num_test=2, size=128, seed=11)
+    overrides = {
+        "dataset_dir": work / "data",
+        "output_dir": work / "out",
+        "views_per_image": 1,
+        "train#batch_size": 2,
+        "train#trainer#max_epochs": 6,
+        "pixel_size": 8,  # nm per pixel of the 128-pixel training slices
+    }
+    run_bundle("training", ["train.yaml", "demo.yaml"], overrides, cwd=work)
+    return work, overrides
+
+
+def test_training_records_the_models_pixel_size_with_its_weights(trained):
+    work, _ = trained
+    state = torch.load(work / "out" / "models" / "model.pt", weights_only=True)
+    assert float(state[PIXEL_SIZE_KEY]) == pytest.approx(4.0)  # 8 nm x 128 px / 256 px canvas
+
+
+def _trained_model(work) -> torch.nn.Module:
+    model = build_scsam(
+        class_names=CLASSES,
+        sam_arch="tiny",
+        sam_allow_random_weights=True,
+        mae_arch="tiny",
+        mae_allow_random_weights=True,
+    )
+    model.load_state_dict(torch.load(work / "out" / "models" / "model.pt", weights_only=True))
+    assert model.preprocessing.pixel_size == pytest.approx(4.0)
+    return model.eval()
+
+
+def test_two_tilings_offset_by_half_a_tile_agree_on_a_4096_pixel_slice(trained):
+    """The trained demo model on a 4,096² mosaic of the demo generator's slices: tiles of 256, offset by 128."""
+    work, _ = trained
+    model = _trained_model(work)
+    mosaic = np.block([[synthesize_slice(256, seed=16 * r + c)[0] for c in range(16)] for r in range(16)])
+    image = model.preprocessing.normalizer(None)(mosaic)  # one normalisation for both tilings
+
+    def run(part):
+        labels, _ = segment_tiled(
+            lambda x: model(x, fit_to_canvas=False), part, tiling=Tiling(256, 0.25, batch_size=8), scale=1.0
+        )
+        return labels
+
+    whole, shifted = run(image), run(image[128:, 128:])
+    agreement = float((whole[128:, 128:] == shifted).mean())
+    assert agreement >= 0.99, agreement
+    assert len(np.unique(whole)) > 2  # it segments something, not one class everywhere
+
+
+def test_torchrun_two_ranks_write_the_one_rank_labels_and_the_input_wins_over_infer_split(trained, tmp_path):
+    work, overrides = trained
+    rng = np.random.default_rng(3)
+    stack = np.stack([synthesize_slice((300, 560), seed=int(s))[0] for s in rng.integers(0, 1000, 5)])
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, stack, imagej=True, resolution=(250.0, 250.0), metadata={"unit": "um", "axes": "ZYX"})
+    configs = ["train.yaml", "inference.yaml", "demo.yaml"]
+
+    def infer(ranks: int, out) -> str:
+        more = {**overrides, "input": path, "output_format": "zarr", "prediction_dir": out, "batch_size": 2}
+        command = bundle_command("inference", configs, overrides=more)
+        if ranks > 1:
+            torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
+            command = [*torchrun, *command[1:]]
+        result = run_command(command, cwd=work, env={"OMP_NUM_THREADS": 1})
+        return result.stdout + result.stderr
+
+    infer(1, tmp_path / "one")
+    log = infer(2, tmp_path / "two")
+    one = zarr.open_group(str(tmp_path / "one" / "stack_seg.zarr"), mode="r")
+    two = zarr.open_group(str(tmp_path / "two" / "stack_seg.zarr"), mode="r")
+    np.testing.assert_array_equal(one["0"][:], two["0"][:])
+    assert two["0"].shape == stack.shape
+    assert not list((tmp_path / "two").glob("test_*"))  # the datalist's test split was not segmented
+    assert "infer_split" in log
