@@ -8,7 +8,7 @@ import sys
 
 from benchmarks.profiles import PROFILES, get_profile
 from benchmarks.report import RATIO_KEYS
-from benchmarks.run import SECTIONS, run_benchmark
+from benchmarks.run import EXTRA_SECTIONS, SECTIONS, run_benchmark
 from scsam_monai.networks.precision import PRECISIONS
 from scsam_monai.networks.sam_attention import SAM_ATTENTION_KINDS
 
@@ -28,7 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16/fp16 autocast on CUDA")
     p.add_argument("--compile", action="store_true", help="also time torch.compile-d encoders and head")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="skip the channels-last head")
-    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated subset of {','.join(SECTIONS + EXTRA_SECTIONS)} (default: all but "
+        f"{','.join(EXTRA_SECTIONS)})",
+    )
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument(
         "--sam-precision",
@@ -58,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cache-images", type=int)
     g.add_argument("--cache-workers", type=int, help="DataLoader workers reading the embedding cache")
     p.add_argument("--memory-timeout", type=float, help="seconds before the memory child process is stopped")
+    w = p.add_argument_group("whole_dataset section (benchmarks/whole_dataset.py)")
+    w.add_argument("--quick", action="store_true", help="smoke sizes (seconds; the numbers mean nothing)")
+    w.add_argument("--largest", action="store_true", help="peak RSS also at a 16384^2 slice (hours on 2 CPU cores)")
     return p
 
 
@@ -92,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         memory_timeout=args.memory_timeout,
         sam_precision=args.sam_precision,
         sam_attention=args.sam_attention,
+        whole_dataset_quick=args.quick,
+        whole_dataset_largest=args.largest,
     )
     for key in RATIO_KEYS:
         value = report["ratios"][key]
@@ -102,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             else f"  target {target['target']}: " + ("met" if target["met"] else "NOT met")
         )
         print(f"{key:32s} {'n/a' if value is None else f'{value:.4g}'}{met}")
+    for key, value in (report.get("whole_dataset") or {}).get("ratios", {}).items():
+        print(f"{key:32s} {'n/a' if value is None else f'{value:.4g}'}")
     print(f"wrote {args.out}/benchmark.json and {args.out}/benchmark.md")
     return 0
 

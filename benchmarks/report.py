@@ -12,6 +12,7 @@ __all__ = [
     "RATIO_KEYS",
     "TARGETS",
     "DEVICE_TARGETS",
+    "WHOLE_DATASET_TARGETS",
     "matmul_fractions",
     "compute_ratios",
     "check_targets",
@@ -48,6 +49,14 @@ TARGETS = {
 DEVICE_TARGETS = {
     "cpu": {"encoder_speedup_over_reference": (">=", 2.5)},
     "cuda": {"sam_fraction_of_matmul": (">=", 0.35)},
+}
+
+
+#: Targets of the ``whole_dataset`` section, checked only when it ran: the tiled pipeline at model speed, and two
+#: ranks at least 1.6 x one rank's throughput (on an idle 2-core machine).
+WHOLE_DATASET_TARGETS = {
+    "tiled_pipeline_over_model": (">=", 0.85),
+    "two_ranks_over_one": (">=", 1.6),
 }
 
 
@@ -135,6 +144,9 @@ def compute_ratios(results: dict) -> dict:
             _median(results.get("cache") or {}, "images_per_s"), _median(train, "batched", "images_per_s")
         ),
     }
+    whole = results.get("whole_dataset")
+    if whole:  # only when the section ran, so that other runs' reports keep their keys
+        ratios.update(whole["ratios"])
     compiled = (results.get("per_image") or {}).get("compiled_seconds_per_image")
     if compiled:
         ratios["compiled_full_over_full"] = _ratio(compiled["full"]["median"], med.get("full"))
@@ -145,12 +157,15 @@ def compute_ratios(results: dict) -> dict:
 def check_targets(ratios: dict, device_type: str | None = None) -> dict:
     """Target -> ``{"target": "<= 0.05", "value": x, "met": bool | None}`` (None when not measured).
 
+    :data:`WHOLE_DATASET_TARGETS` are added for the ratios of the ``whole_dataset`` section that ``ratios`` holds.
+
     Args:
         ratios: :func:`compute_ratios`'s result.
         device_type: ``"cpu"`` or ``"cuda"`` adds that device's :data:`DEVICE_TARGETS`; None: only :data:`TARGETS`.
     """
     out = {}
-    for key, (op, bound) in {**TARGETS, **DEVICE_TARGETS.get(device_type or "", {})}.items():
+    conditional = {k: v for k, v in WHOLE_DATASET_TARGETS.items() if k in ratios}
+    for key, (op, bound) in {**TARGETS, **DEVICE_TARGETS.get(device_type or "", {}), **conditional}.items():
         value = ratios.get(key)
         met = None if value is None else (value <= bound if op == "<=" else value >= bound)
         out[key] = {"target": f"{op} {bound:g}", "value": value, "met": met}
@@ -311,6 +326,11 @@ def render_markdown(report: dict) -> str:
             + ". FLOPs counted by `torch.utils.flop_counter`, 2 per multiply-add; the SAM encoder's on "
             "segment-anything's formulation (see the notes).",
         ]
+    whole = report.get("whole_dataset")
+    if whole:
+        from benchmarks.whole_dataset import markdown_lines
+
+        lines += ["", "## Whole datasets", ""] + markdown_lines(whole)
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
     return "\n".join(lines) + "\n"

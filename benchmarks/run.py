@@ -19,14 +19,17 @@ from benchmarks.profiles import BenchmarkProfile, get_profile
 from benchmarks.report import RATIO_KEYS, check_targets, compute_ratios, matmul_fractions, write_report
 from benchmarks.sections import cache_read, flops_section, head_training, per_image_inference
 from benchmarks.volume_pipeline import measure_volume_pipeline
+from benchmarks.whole_dataset import measure_whole_dataset
 from scsam_monai.networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
 from scsam_monai.networks.precision import cpu_has_native_bf16, dtype_name
 
-__all__ = ["SECTIONS", "encoder_parameters", "run_benchmark"]
+__all__ = ["SECTIONS", "EXTRA_SECTIONS", "encoder_parameters", "run_benchmark"]
 
 logger = logging.getLogger(__name__)
 
 SECTIONS = ("inference", "training", "data", "flops", "pipeline", "mae")
+EXTRA_SECTIONS = ("whole_dataset",)
+"""Sections run only when named (``--sections whole_dataset``): they take far longer than the others."""
 
 
 def _cpu_name() -> str:
@@ -152,6 +155,8 @@ def run_benchmark(
     memory_timeout: float | None = None,
     sam_precision: str = "auto",
     sam_attention: str = "fused",
+    whole_dataset_quick: bool = False,
+    whole_dataset_largest: bool = False,
 ) -> dict:
     """Measure the sections of ``profile``, write ``benchmark.json`` and ``benchmark.md`` into ``out_dir``.
 
@@ -161,7 +166,7 @@ def run_benchmark(
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``...
         amp: autocast on CUDA (bfloat16 where supported, else float16); never on CPU (the SAM encoder follows its
             own ``sam_precision``).
-        sections: subset of :data:`SECTIONS`.
+        sections: subset of :data:`SECTIONS` and :data:`EXTRA_SECTIONS`.
         sam_checkpoint: SAM checkpoint; None for random weights.
         mae_checkpoint: MAE checkpoint; None for random weights.
         compile: also time ``torch.compile``-d encoders and head (section 1).
@@ -171,13 +176,15 @@ def run_benchmark(
         memory_timeout: seconds before the memory child process is stopped.
         sam_precision: the SAM encoder's ``precision`` (``FrozenSamEncoder``): auto, bf16, fp16 or fp32.
         sam_attention: the SAM encoder's ``attention``: fused or reference.
+        whole_dataset_quick: the ``whole_dataset`` section at its smoke sizes (seconds; numbers without meaning).
+        whole_dataset_largest: the ``whole_dataset`` section's peak RSS also at its largest slice (hours on a CPU).
 
     Returns:
         The report (what ``benchmark.json`` holds).
     """
-    unknown = set(sections) - set(SECTIONS)
+    unknown = set(sections) - set(SECTIONS) - set(EXTRA_SECTIONS)
     if unknown:
-        raise ValueError(f"unknown sections {sorted(unknown)}, expected some of {SECTIONS}.")
+        raise ValueError(f"unknown sections {sorted(unknown)}, expected some of {SECTIONS + EXTRA_SECTIONS}.")
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -195,6 +202,9 @@ def run_benchmark(
             memory_timeout=memory_timeout,
             sam_precision=sam_precision,
             sam_attention=sam_attention,
+            threads=threads,
+            whole_dataset_quick=whole_dataset_quick,
+            whole_dataset_largest=whole_dataset_largest,
         )
     finally:
         torch.set_num_threads(previous_threads)
@@ -214,6 +224,9 @@ def _run(
     memory_timeout: float | None,
     sam_precision: str,
     sam_attention: str,
+    threads: int | None,
+    whole_dataset_quick: bool,
+    whole_dataset_largest: bool,
 ) -> dict:
     device = (
         torch.device("cuda" if torch.cuda.is_available() else "cpu") if str(device) == "auto" else torch.device(device)
@@ -310,6 +323,20 @@ def _run(
             repeats=10 if device.type == "cuda" else 3,
         )
         timings["mae"] = time.perf_counter() - t
+    if "whole_dataset" in sections:
+        logger.info("Section 7: whole datasets (tiled slices, 1 and 2 ranks, peak RSS by slice size) on the CPU")
+        t = time.perf_counter()
+        report["whole_dataset"] = measure_whole_dataset(
+            quick=whole_dataset_quick,
+            largest=whole_dataset_largest,
+            sam_arch=profile.sam_arch,
+            mae_arch=profile.mae_arch,
+            sam_precision=sam_precision,
+            sam_attention=sam_attention,
+            threads=threads or 1,  # one torch thread unless asked: the ranks get one each
+            timeout=memory_timeout,
+        )
+        timings["whole_dataset"] = time.perf_counter() - t
     report["ratios"] = compute_ratios(report)
     assert all(key in report["ratios"] for key in RATIO_KEYS)
     report["targets"] = check_targets(report["ratios"], device.type)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end demo on the embedded synthetic EM data (about 10 minutes on 2 CPU cores):
+# End-to-end demo on the embedded synthetic EM data (minutes on 2 CPU cores):
 # generate data -> precompute embeddings -> train ScSAM with `python -m monai.bundle run training`
 # (after pre-training a tiny MAE on the unlabelled slices) -> evaluate on held-back images -> segment them -> outputs/demo/.
 # The demo uses the "tiny" SAM with RANDOM weights and a tiny MAE it pre-trains itself (no pretrained SAM can be

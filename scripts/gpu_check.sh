@@ -3,8 +3,7 @@
 # one-rank NCCL run of the multi-GPU overlay, segmenting a stack, the SAM encoder's GPU paths (fused attention
 # kernels, torch.compile, CUDA graphs) against segment-anything's encoder, and the full-profile benchmark.
 # Usage: bash scripts/gpu_check.sh OUT_DIR   (the project installed, e.g. by scripts/test.sh; runs from the repo root)
-# About 12-15 minutes on one H100/H200 (estimate, unmeasured: compiling the SAM encoder twice 1-3 min, MAE 5 min). Writes
-# OUT_DIR/gpu_check.log, sam_check.json, benchmark.json/.md, learning_curve.png.
+# Writes OUT_DIR/gpu_check.log, sam_check.json, benchmark.json/.md, learning_curve.png.
 set -uo pipefail
 out=${1:?usage: gpu_check.sh OUT_DIR}
 mkdir -p "$out"

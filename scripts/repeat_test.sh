@@ -3,7 +3,7 @@
 #   bash scripts/repeat_test.sh N TEST_ID LOG
 # e.g. the torchrun shutdown evidence of docs/failure_modes.md ("Clean shutdown"):
 #   bash scripts/repeat_test.sh 20 tests/engines/test_distributed.py::test_torchrun_two_ranks_train_and_rank0_saves \
-#     docs/reliability/torchrun_20_runs.log
+#     docs/reports/torchrun_20_runs_2026-11-28.log
 # Exit status 0 only when all N runs passed. Each run's pytest output goes to LOG.run_<k>.txt (deleted when it passed).
 set -euo pipefail
 if [ $# -ne 3 ]; then

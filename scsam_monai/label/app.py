@@ -14,7 +14,10 @@ finds it there. App settings (``--conf KEY VALUE``, all optional):
 - ``head_checkpoint``: a trained head copied to ``<model_dir>/model.pt`` when none is there yet;
 - ``max_epochs``, ``val_split``: training defaults (a request's values win);
 - ``skip_trainers``: ``true`` to serve inference only;
-- ``preload``: ``true`` to load the network on every device at start-up (``BundleInferTask``'s setting).
+- ``preload``: ``true`` to load the network on every device at start-up (``BundleInferTask``'s setting);
+- ``warmup``: ``false`` to skip the warm-up that runs when the server has started (default ``true``: one
+  canvas-sized batch in the background, which compiles the SAM encoder on a CPU; ``/info`` reports its state under
+  ``models.<model_name>.warmup``, see :mod:`.warmup`).
 """
 
 from __future__ import annotations
@@ -75,6 +78,17 @@ class ScSAMLabelApp(MONAILabelApp):
             version=__version__,
             labels={name: value for value, name in enumerate(self.class_names) if value > 0},
         )
+
+    def on_init_complete(self) -> None:
+        """MONAI Label's start-up hook (server process only), then the inference tasks' warm-up in the background.
+
+        Only the server calls this hook: MONAI Label's training and scoring processes build the app too, and must
+        not spend minutes compiling an encoder they never run.
+        """
+        super().on_init_complete()
+        for task in self._infers.values():
+            if isinstance(task, ScSAMInferTask):
+                task.start_warmup()
 
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):

@@ -18,11 +18,18 @@ network per device and reloads the head whenever its file changes. What ScSAM ne
   transform chain would load a whole stack as float32 and keep the logits of every slice (a 350-slice
   1024 x 1024 stack: 1.5 GB of image and 4.4 GB of logits);
 - the label map comes back in the geometry (spacing, origin, direction) that ITK, 3D Slicer's reader, gives the
-  input, so that it lies on the image in Slicer; NIfTI (``.nii.gz``) by default.
+  input, so that it lies on the image in Slicer; NIfTI (``.nii.gz``) by default;
+- the network is warmed up when the server starts (:meth:`ScSAMInferTask.start_warmup`: one canvas-sized batch in
+  the background, which compiles the SAM encoder on a CPU), ``/info`` says how far the warm-up is, and a request
+  that had to wait for it says so in its answer (``warmup``);
+- a new head (training replaced the file) is loaded into a copy of the served network that shares its frozen
+  encoders (:func:`copy_for_device`): the compiled SAM encoder is kept, not compiled again, and the encoders'
+  weights are held once.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 import threading
@@ -38,13 +45,16 @@ from monai.bundle import ConfigParser
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
+from monailabel.utils.others.generic import name_to_device, strtobool
 
 from scsam_monai.engines.volume_inference import segment_slices
 from scsam_monai.io.readers import open_volume
 from scsam_monai.label.bundle import BundleSettings
 from scsam_monai.label.uploads import UploadRejected, check_image
+from scsam_monai.label.warmup import Warmup
+from scsam_monai.networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
 
-__all__ = ["ScSAMInferTask", "ServedHeadConstants", "VolumeInfod", "http_error", "write_label"]
+__all__ = ["ScSAMInferTask", "ServedHeadConstants", "VolumeInfod", "copy_for_device", "http_error", "write_label"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +102,38 @@ def http_error(err: UploadRejected) -> HTTPException:
     return HTTPException(status_code=err.status_code, detail=err.message)
 
 
+def _resolved(device: str | torch.device) -> torch.device:
+    """``device`` with its index (``cuda`` is the current CUDA device)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def copy_for_device(network: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
+    """A deep copy of ``network`` that shares its frozen encoders when they are on ``device`` already.
+
+    MONAI Label copies the template network for every device and again whenever the head file changes. The frozen
+    encoders never change (a head holds no encoder weights), and the SAM encoder keeps its compiled graph outside
+    the module tree, where a plain deep copy drops it: the copy calls ``torch.compile`` again at its first call
+    (Dynamo then finds the graph it compiled before, if nothing else changed) and holds a second set of encoder
+    weights. A copy that shares the encoders keeps the compiled graph itself and one set of weights. Encoders on
+    another device are copied, as they must be moved.
+
+    Args:
+        network: the network to copy (the template, or the network served on ``device`` so far).
+        device: where the copy will run.
+    """
+    target = _resolved(device)
+    memo: dict[int, Any] = {}
+    for module in network.modules():
+        if isinstance(module, (FrozenSamEncoder, FrozenMaeEncoder)):
+            tensors = [*module.parameters(), *module.buffers()]
+            if all(_resolved(t.device) == target for t in tensors[:1]):
+                memo[id(module)] = module  # deepcopy takes what the memo holds as already copied: shared
+    return copy.deepcopy(network, memo)
+
+
 class ServedHeadConstants(BundleConstants):
     """``BundleInferTask``'s names in the bundle, with the app's served head as the model file.
 
@@ -134,7 +176,8 @@ class ScSAMInferTask(BundleInferTask):
     Args:
         settings: the bundle, its overlays and overrides.
         model_path: the served head's weights (``model.pt``, written by the train task); may not exist yet.
-        conf: the app's ``--conf`` settings (``preload``: ``true`` to load the network at start-up).
+        conf: the app's ``--conf`` settings (``preload``: ``true`` to load the network at start-up; ``warmup``:
+            ``false`` for no warm-up when the server starts, :meth:`start_warmup`).
         description: shown by MONAI Label clients.
         batch_size: slices per model call (None: 8 on a GPU, 1 on a CPU, see ``benchmarks/README.md``).
     """
@@ -154,6 +197,7 @@ class ScSAMInferTask(BundleInferTask):
         self.batch_size = batch_size
         self.class_names = settings.class_names()
         self._lock = threading.Lock()
+        self.warmup = Warmup(strtobool(str(dict(conf or {}).get("warmup", "true"))), name="the ScSAM network")
         labels = {name: value for value, name in enumerate(self.class_names) if value > 0}
         config = {"result_extension": RESULT_EXTENSIONS[0]}
         super().__init__(
@@ -207,20 +251,34 @@ class ScSAMInferTask(BundleInferTask):
                 "the server with --conf head_checkpoint PATH.",
             )
 
-    def _get_network(self, device: str, data: Any) -> torch.nn.Module:
-        """``BasicInferTask``'s network for ``device`` (head reloaded when its file changed); 409 when unusable.
-
-        A head that does not fit the configured network (another ``image_normalization``, another head
-        architecture, a corrupt file) is refused with 409 and the reason; the previous head stays cached, so the
-        next request tries the file again.
-        """
-        self._require_head()
+    def _template(self) -> torch.nn.Module:
+        """The network copied for each device (built here when the server started without a head)."""
         if self.network is None:
             # the server started without a head, so BundleInferTask built no network: build it now
             self.network = self.bundle_config.get_parsed_content(self.const.key_network_def(), instantiate=True)
+        return self.network
+
+    def _get_network(self, device: str, data: Any) -> torch.nn.Module:
+        """The network for ``device`` with the served head, reloaded when its file changed; 409 when unusable.
+
+        ``BasicInferTask``'s caching (one network per device, reloaded when the head file's modification time
+        changes) with two differences: the copy shares the frozen encoders of the network it replaces
+        (:func:`copy_for_device`: no second compilation of the SAM encoder), and a head that does not fit the
+        configured network (another ``image_normalization``, another head architecture, a corrupt file) is refused
+        with 409 and the reason; the previous head stays cached, so the next request tries the file again.
+        """
+        self._require_head()
+        stamp = self.model_path.stat().st_mtime
         cached = self._networks.get(device)
+        if cached is not None and cached[1] == stamp:
+            return cached[0]
         try:
-            network = super()._get_network(device, data)
+            network = copy_for_device(cached[0] if cached is not None else self._template(), device)
+            network.to(torch.device(device))
+            checkpoint = torch.load(self.model_path, map_location=torch.device(device), weights_only=True)
+            if isinstance(checkpoint, dict) and isinstance(checkpoint.get(self.model_state_dict), dict):
+                checkpoint = checkpoint[self.model_state_dict]
+            network.load_state_dict(checkpoint, strict=self.load_strict)
         except torch.OutOfMemoryError:
             raise
         # a head file that cannot be served (another normalisation or architecture, truncated, or holding pickled
@@ -229,9 +287,53 @@ class ScSAMInferTask(BundleInferTask):
             raise HTTPException(
                 status_code=409, detail=f"The ScSAM head {self.model_path} cannot be served: {err}"
             ) from err
-        if self._networks.get(device) is not cached:
-            logger.info(f"Loaded ScSAM head weights from {self.model_path} ({device})")
+        network.train(self.train_mode)
+        self._networks[device] = (network, stamp)
+        logger.info(f"Loaded ScSAM head weights from {self.model_path} ({device})")
         return network
+
+    def warmup_device(self) -> str:
+        """The device requests run on unless they name one: the app's ``device``, else MONAI Label's first."""
+        return name_to_device(self.settings.device or self._config.get("device"))
+
+    def start_warmup(self) -> None:
+        """Warm the network up in the background (once; a no-op with ``--conf warmup false``).
+
+        Builds the network for :meth:`warmup_device` with the served head (or, before any head exists, the
+        template whose encoders the first head's network will share) and segments canvas-sized noise the way
+        requests are segmented (a full batch, and a single slice when batches hold more), so that the SAM encoder's
+        compilation (``sam_compile``) and the first allocations happen now. Requests arriving meanwhile wait for it
+        (:class:`~.warmup.Warmup`).
+        """
+        device = self.warmup_device()
+        self.warmup.start(lambda: self._warm(device), self._lock)
+
+    def _warm(self, device: str) -> dict[str, Any]:
+        """The warm-up run (see :meth:`start_warmup`); what ``/info`` reports about it."""
+        details: dict[str, Any] = {"device": device, "head": False}
+        network = None
+        if self.model_path.is_file():
+            try:
+                network = self._get_network(device, None)
+                details["head"] = True
+            except HTTPException as err:  # warm the encoders anyway: the next head's network shares them
+                details["head_error"] = err.detail
+        if network is None:
+            network = self._template().to(torch.device(device)).eval()
+        batch = self.batch_size or (8 if torch.device(device).type == "cuda" else 1)
+        noise = np.random.default_rng(0).integers(0, 256, (network.canvas_size, network.canvas_size), np.uint8)
+        # a full batch, then a single slice: a stack's last batch is often partial, and a compiled encoder compiles
+        # once more (with a dynamic batch size) for the first batch of another size
+        details["batches"] = [batch, 1] if batch > 1 else [1]
+        for size in details["batches"]:
+            segment_slices(network, [noise] * size, writer=lambda *_: None, batch_size=batch, progress=False)
+        sam = getattr(network, "sam_encoder", None)
+        details["sam_compiled"] = bool(sam is not None and sam.compiled)
+        return details
+
+    def info(self) -> dict[str, Any]:
+        """``BundleInferTask``'s info with ``warmup``: the start-up warm-up's state (:meth:`~.warmup.Warmup.info`)."""
+        return {**super().info(), "warmup": self.warmup.info()}
 
     def pre_transforms(self, data: Any = None) -> Sequence[Callable]:
         """:class:`VolumeInfod` only: slices are read, normalised and batched while inferring (``run_inferer``).
@@ -300,8 +402,13 @@ class ScSAMInferTask(BundleInferTask):
         request = {**request, "image": str(path), "result_extension": extension}
         if self.settings.device:
             request["device"] = self.settings.device  # the app's --conf device wins over a client's choice
+        during_warmup = self.warmup.busy
+        arrived = time.time()
         with self._lock:
+            waited = time.time() - arrived
             result_file, params = super().__call__(request, callbacks)
+        if during_warmup:
+            params["warmup"] = self.warmup.report(waited)  # why this answer took longer
         # BasicInferTask reports the model's foreground labels; the answer also names the background value
         params["label_names"] = {name: value for value, name in enumerate(self.class_names)}
         params["latencies"]["check"] = round(checked - start, 3)

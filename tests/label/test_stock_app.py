@@ -10,6 +10,7 @@ An uploaded 2D slice comes back from ``/infer`` as a label map of its shape with
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -136,3 +137,31 @@ def _stock_infer(url: str, name: str, log: Path, image: Path, tmp_path: Path) ->
     path.write_bytes(answer.content)
     with open_volume(path) as volume:
         return np.squeeze(volume.read())
+
+
+@pytest.mark.slow
+def test_stock_task_serves_a_new_head_without_a_new_compiled_graph(repo_root, tmp_path):
+    """MONAI Label's own ``BundleInferTask`` deep-copies its template network for every new head, and the copy of the
+    SAM encoder compiles again at its first call (``FrozenSamEncoder`` keeps no compiled graph in a copy). Dynamo
+    then finds the graph it compiled for the previous copy (same code; parameters are graph inputs): no new graph,
+    so the stock path does not pay the compilation again either (measured for ViT-B: the copy's first call took as
+    long as any later one)."""
+    from monailabel.tasks.infer.bundle import BundleInferTask
+    from torch._dynamo.utils import counters
+
+    bundle = _bundle(repo_root, tmp_path)
+    config = bundle / "configs" / "inference.yaml"
+    config.write_text(config.read_text().replace("\nsam_compile: auto", "\nsam_compile: true"))  # not auto on tiny
+    task = BundleInferTask(str(bundle), {})
+    image = torch.rand(1, 1, 48, 48)
+    first = task._get_network("cpu", None)
+    first(image)
+    assert first.sam_encoder.compiled
+    frames = counters["frames"]["total"]
+    head = bundle / "models" / "model.pt"
+    stat = head.stat()
+    os.utime(head, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))  # a new head, as training leaves it
+    second = task._get_network("cpu", None)
+    second(image)
+    assert second is not first and second.sam_encoder.compiled
+    assert counters["frames"]["total"] == frames  # nothing compiled for the copy

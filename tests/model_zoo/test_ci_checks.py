@@ -1,4 +1,8 @@
-"""The packaged Model Zoo bundle passes the Model Zoo CI's checks without this repository's package installed."""
+"""The packaged Model Zoo bundle passes the Model Zoo CI's checks without this repository's package installed.
+
+The checks run on the tiny random-encoder profile here (seconds); ``scripts/zoo_verify.sh`` runs them on the default
+configuration (SAM ViT-B, the 512-wide MAE) with stand-in checkpoints (minutes, not part of the suite).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
+# a reconstruction of the Zoo's meta_schema_20240725.json (the schema metadata.json names), which cannot be
+# downloaded here: the metadata is checked against the reconstruction's required keys and types, not the official file
 SCHEMA = HERE.parent / "data" / "model_zoo" / "meta_schema_20240725.reconstructed.json"
 
 
@@ -49,13 +55,19 @@ def test_model_zoo_ci_checks_pass_in_a_python_without_the_repository(packaged, t
     assert result.returncode == 0, out[-4000:]
     steps = (
         "scsam_monai imported from the bundle",
-        "metadata verified",
-        "net in/out verified",
-        "traced",
-        "preparation",
+        "CHECK verify_bundle_directory: preferred files: PASS",
+        "CHECK verify_version_changes: PASS",
+        "a reconstruction of the Zoo's meta_schema_20240725.json",
+        "CHECK verify_metadata_format: PASS",
+        "CHECK verify_bundle_properties: PASS",
+        "CHECK verify_data_shape: PASS",
+        "CHECK verify_torchscript: EXCLUDED exclude_verify_torchscript_list",  # scripting fails, as declared
+        "CHECK traced export (model card): PASS",
+        "CHECK bundle stands alone: PASS",
+        "PASS: every check passed or failed only as declared",
     )
     for step in steps:
-        assert step in out, out[-4000:]
+        assert step in out, (step, out[-4000:])
 
 
 def test_metadata_is_formatted_as_the_model_zoo_pre_commit_hook_writes_it(repo_root):
