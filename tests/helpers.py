@@ -1,5 +1,5 @@
 """Helpers shared by the tests: run a command or a bundle as a child process, a free TCP port, train.yaml's
-preprocessing, the real EM sample's folder.
+preprocessing, the real EM sample's folder, the tiny random-weight encoders and a stand-in image-to-logits model.
 
 One home for what the end-to-end tests all need, so that a timeout, an environment variable or the way a
 failure is reported changes in one place. Import them as ``from tests.helpers import run_bundle``.
@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,22 @@ import torch
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
+from torch import nn
 
 from scsam_monai.bundle_command import CONFIGS_DIR, bundle_command
+from scsam_monai.networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
+from scsam_monai.networks.scsam import with_background
 
-__all__ = ["REAL_EM_SAMPLE", "SigkillAfterCheckpoint", "free_port", "run_bundle", "run_command", "train_preprocessing"]
+__all__ = [
+    "REAL_EM_SAMPLE",
+    "SigkillAfterCheckpoint",
+    "StandInModel",
+    "free_port",
+    "run_bundle",
+    "run_command",
+    "tiny_encoder",
+    "train_preprocessing",
+]
 
 REAL_EM_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "drosophila-vnc-sstem"
 """The real EM sample beside the repository (20 Drosophila VNC ssTEM sections); tests skip when it is absent."""
@@ -156,3 +169,84 @@ class SigkillAfterCheckpoint:
         if saved is None or saved["epoch"] != self.epoch:
             raise RuntimeError(f"{self.path}: no checkpoint of epoch {self.epoch} to resume from (found {saved})")
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def tiny_encoder(kind: str, **options: Any) -> FrozenSamEncoder | FrozenMaeEncoder:
+    """A frozen encoder of the test-only ``tiny`` architecture with random weights (no checkpoint to download).
+
+    Args:
+        kind: ``"sam"`` (:class:`FrozenSamEncoder`) or ``"mae"`` (:class:`FrozenMaeEncoder`).
+        options: other arguments of the encoder (``seed``, ``precision``, ``tile_size``, ...).
+    """
+    encoders = {"sam": FrozenSamEncoder, "mae": FrozenMaeEncoder}
+    if kind not in encoders:
+        raise ValueError(f"kind must be one of {sorted(encoders)}, got {kind!r}")
+    return encoders[kind](arch="tiny", allow_random_weights=True, **options)
+
+
+class StandInModel(nn.Module):
+    """Stand-in for ScSAM in inference tests: ``(B, 1, H, W)`` images -> ``(B, 1 + C, H, W)`` logits, background
+    first, from a rule simple enough for a test to know the label map it must give.
+
+    It counts its calls (``calls``) and the batch sizes it segmented (``batch_sizes``). It has no ``num_classes``
+    attribute, so that inference finds C from one call of the model, as it does for a model that is not ScSAM.
+
+    Args:
+        rule: how the class logits follow from the images, one of
+            ``"index"``: image i of a stream (filled with i / 100) is class (i mod C) + 1 everywhere (logits +-10);
+            ``"bands"``: class k where the intensity lies in band k of C + 1 equal bands of [0, 1], background in
+            band 0 (logit 20 x (half a band - distance to the band's centre));
+            ``"background"``: all logits 0 (background everywhere), no parameters;
+            ``"conv"``: a trainable 3x3 (8 channels), ReLU, 1x1 convolution, ``net``, whose output are the C
+            per-class mask logits.
+        num_classes: C, the number of classes besides the background.
+        record: keep a copy of every batch in ``seen``.
+        delay: seconds slept per image of a batch (a slow model).
+        fail_on_call: raise ``RuntimeError("device lost")`` on this call (1 is the first); None never.
+    """
+
+    RULES = ("index", "bands", "background", "conv")
+
+    def __init__(
+        self,
+        rule: str = "bands",
+        *,
+        num_classes: int = 3,
+        record: bool = False,
+        delay: float = 0.0,
+        fail_on_call: int | None = None,
+    ) -> None:
+        super().__init__()
+        if rule not in self.RULES:
+            raise ValueError(f"rule must be one of {self.RULES}, got {rule!r}")
+        self.rule, self.classes = rule, num_classes
+        self.record, self.delay, self.fail_on_call = record, delay, fail_on_call
+        self.calls = 0
+        self.batch_sizes: list[int] = []
+        self.seen: list[torch.Tensor] = []
+        if rule in ("index", "bands"):
+            self.scale = nn.Parameter(torch.tensor(10.0 if rule == "index" else 20.0), requires_grad=False)
+        if rule == "conv":
+            self.net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, num_classes, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, 1 + C, H, W)`` of images ``(B, 1, H, W)``."""
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise RuntimeError("device lost")
+        if self.delay:
+            time.sleep(self.delay * images.shape[0])
+        self.batch_sizes.append(images.shape[0])
+        if self.record:
+            self.seen.append(images.clone())
+        if self.rule == "background":
+            return torch.zeros(images.shape[0], 1 + self.classes, *images.shape[2:])
+        if self.rule == "conv":
+            return with_background(self.net(images))
+        if self.rule == "index":
+            index = torch.round(images.mean(dim=(1, 2, 3)) * 100).long()
+            winner = nn.functional.one_hot(index % self.classes, self.classes).float() * 2 - 1  # (B, C)
+            return with_background((winner[:, :, None, None] * self.scale).expand(-1, -1, *images.shape[-2:]))
+        bands = self.classes + 1
+        centres = ((torch.arange(1, bands) + 0.5) / bands).view(1, self.classes, 1, 1)
+        return with_background(self.scale * (0.5 / bands - (images - centres).abs()))

@@ -11,7 +11,7 @@ import scsam_monai.networks.checkpoints as checkpoints
 from scsam_monai.data.preprocessing import PREPROCESSING_KEY, ImagePreprocessing
 from scsam_monai.model import ScSAMModel, build_export_head, build_scsam
 from scsam_monai.networks.build import build_sam_decoder_parts
-from scsam_monai.networks.encoders import FrozenSamEncoder
+from tests.helpers import tiny_encoder
 
 CLASSES = ["background", "nucleus", "mitochondria", "granules"]
 TINY = {"sam_arch": "tiny", "mae_arch": "tiny", "sam_allow_random_weights": True, "mae_allow_random_weights": True}
@@ -21,7 +21,7 @@ TINY = {"sam_arch": "tiny", "mae_arch": "tiny", "sam_allow_random_weights": True
 def sam_checkpoint(tmp_path_factory) -> str:
     """A tiny SAM checkpoint in the official layout: image encoder, mask decoder and prompt encoder weights."""
     torch.manual_seed(7)
-    encoder = FrozenSamEncoder(arch="tiny", allow_random_weights=True, seed=3)
+    encoder = tiny_encoder("sam", seed=3)
     decoder, prompt_encoder = build_sam_decoder_parts(canvas_size=256)
     state = {f"image_encoder.{k}": v for k, v in encoder.encoder.state_dict().items()}
     state.update({f"mask_decoder.{k}": v + 0.01 for k, v in decoder.state_dict().items()})

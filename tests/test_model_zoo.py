@@ -23,7 +23,6 @@ from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_net_i
 from scsam_monai.data.preprocessing import PREPROCESSING_KEY, ImagePreprocessing
 from scsam_monai.model import ScSAMModel
 from scsam_monai.networks.scsam import ScSAM, ScSAMHead
-from scsam_monai.synthetic import write_synthetic_dataset
 
 CONFIGS = ("train.yaml", "inference.yaml", "demo.yaml")
 
@@ -181,13 +180,15 @@ def test_train_and_inference_configs_define_their_shared_ids_identically(repo_ro
     assert train["network_def"]["_target_"] == "scsam_monai.model.build_scsam"
 
 
-def test_unzipped_bundle_loads_and_segments_through_config_workflow(repo_root, head_weights, tmp_path):
+def test_unzipped_bundle_loads_and_segments_through_config_workflow(
+    repo_root, head_weights, tmp_path, synthetic_dataset
+):
     from scripts.package_bundle import package
 
     zipped = package(repo_root / "bundle", tmp_path / "dist", name="scsam_em", weights=head_weights, make_zip=True)
     zipfile.ZipFile(zipped).extractall(tmp_path / "zoo")
     bundle = tmp_path / "zoo" / "scsam_em"
-    write_synthetic_dataset(tmp_path / "data", num_train=1, num_val=1, num_test=1, size=64, seed=3)
+    synthetic_dataset(tmp_path / "data", num_train=1, num_val=1, num_test=1, size=64, seed=3)
     image = tmp_path / "data" / "images" / "test_000.tif"
     workflow = ConfigWorkflow(
         config_file=_configs(bundle),

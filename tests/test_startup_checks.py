@@ -367,22 +367,11 @@ def test_inference_needs_something_to_segment(tmp_path):
     require_input(None, split="test")  # a datalist split instead of an input
 
 
-def _run_bundle(tmp_path: Path, run_id: str, *args: str):
-    """train.yaml + demo.yaml (+ a run id that only checks) on a datalist in ``tmp_path/data``; may fail."""
-    configs = ["train.yaml", "demo.yaml"]
-    if run_id == "check_only":
-        (tmp_path / "checks.yaml").write_text("check_only: \"$print('RUN CHECKED')\"\n")
-        configs.append(str(tmp_path / "checks.yaml"))
-    overrides = {"dataset_dir": tmp_path / "data", "output_dir": tmp_path / "out"}
-    overrides.update(zip(args[::2], args[1::2], strict=True))
-    return run_bundle(run_id, configs, {k.lstrip("-"): v for k, v in overrides.items()}, cwd=tmp_path,
-                      timeout=300, check=False)  # fmt: skip
-
-
 def test_bundle_run_stops_at_start_with_the_problems(tmp_path):
     _datalist(tmp_path / "data")
     (tmp_path / "data" / "images" / "training_1.tif").unlink()
-    result = _run_bundle(tmp_path, "training", "--head#fussion", "concat")
+    overrides = {"dataset_dir": tmp_path / "data", "output_dir": tmp_path / "out", "head#fussion": "concat"}
+    result = run_bundle("training", ["train.yaml", "demo.yaml"], overrides, cwd=tmp_path, timeout=300, check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "the run cannot start, 2 problem(s) found" in output, output[-3000:]
@@ -394,7 +383,10 @@ def test_bundle_run_stops_at_start_with_the_problems(tmp_path):
 
 def test_bundle_run_passes_the_check_on_valid_settings(tmp_path):
     _datalist(tmp_path / "data")
-    result = _run_bundle(tmp_path, "check_only", "--head#fusion", "concat")
+    (tmp_path / "checks.yaml").write_text("check_only: \"$print('RUN CHECKED')\"\n")  # a run id that only checks
+    configs = ["train.yaml", "demo.yaml", str(tmp_path / "checks.yaml")]
+    overrides = {"dataset_dir": tmp_path / "data", "output_dir": tmp_path / "out", "head#fusion": "concat"}
+    result = run_bundle("check_only", configs, overrides, cwd=tmp_path, timeout=300, check=False)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "Run checked: training 2 items, validation 1 items" in output and "RUN CHECKED" in output

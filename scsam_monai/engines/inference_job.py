@@ -131,7 +131,7 @@ def segment_volume(
     window: IntensityWindow | None = None,
     progress: bool = True,
     input_pixel_size: float | None = None,
-    tile_overlap: float = 0.25,
+    tile_overlap: float = 0.5,
     roi: str | Sequence | None = None,
     ranks: Ranks | None = None,
     weights: str | None = None,

@@ -66,7 +66,7 @@ class Tiling:
     """
 
     tile_size: int
-    overlap: float = 0.25
+    overlap: float = 0.5
     sigma_scale: float = 0.125
     batch_size: int = 4
 

@@ -21,9 +21,9 @@ from benchmarks.run import encoder_parameters
 from benchmarks.sam_check import main as sam_check_main
 from benchmarks.sections import reference_sam_encoder
 from scsam_monai.networks.build import build_scsam_head
-from scsam_monai.networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
 from scsam_monai.networks.sam_attention import set_sam_attention
 from scsam_monai.networks.scsam import ScSAMHead
+from tests.helpers import tiny_encoder
 
 G = 16
 
@@ -133,7 +133,7 @@ def test_encoder_speedup_and_matmul_fractions_use_each_encoders_dtype():
 
 
 def test_reference_sam_encoder_is_segment_anythings_in_fp32_with_the_same_weights():
-    encoder = FrozenSamEncoder(arch="tiny", allow_random_weights=True, precision="bf16")
+    encoder = tiny_encoder("sam", precision="bf16")
     reference = reference_sam_encoder(encoder)
     images = torch.rand(1, 1, 64, 48, generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -147,8 +147,8 @@ def test_reference_sam_encoder_is_segment_anythings_in_fp32_with_the_same_weight
 
 
 def test_encoder_parameters_are_counted_on_the_meta_device_like_the_built_encoders():
-    sam = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
-    mae = FrozenMaeEncoder(arch="tiny", allow_random_weights=True)
+    sam = tiny_encoder("sam")
+    mae = tiny_encoder("mae")
     built = sum(p.numel() for encoder in (sam, mae) for p in encoder.parameters())
     assert encoder_parameters("tiny", "tiny") == built == 4_275_776
     # SAM vit_b's image encoder (89,670,912, as in sam_vit_b_01ec64.pth) + the paper's MAE ViT (25,483,776)

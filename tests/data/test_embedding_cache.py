@@ -10,9 +10,7 @@ from monai.transforms import Compose, RandScaleCropd, Resized
 from scsam_monai.data.embedding_cache import EmbeddingCache, transform_fingerprint
 from scsam_monai.data.embedding_dataset import cached_embedding_dataset, precompute_embeddings
 from scsam_monai.engines.batch import EmbeddingBatch
-from scsam_monai.networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
-from scsam_monai.synthetic import write_synthetic_dataset
-from tests.helpers import train_preprocessing
+from tests.helpers import tiny_encoder, train_preprocessing
 
 
 def _preprocessing(normalization: str = "per_image") -> Compose:
@@ -49,23 +47,20 @@ class CountingEncoder(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    path = write_synthetic_dataset(root, num_train=2, num_val=1, num_test=0, size=96, seed=3)
+def training_items(synthetic_dataset) -> list[dict]:
+    """The training items (image and label paths) of a synthetic data set of 2 training slices of 96 x 96."""
     from monai.data import load_decathlon_datalist
 
-    return load_decathlon_datalist(str(path), True, "training")
+    root = synthetic_dataset(num_train=2, num_val=1, num_test=0, size=96, seed=3)
+    return load_decathlon_datalist(str(root / "datalist.json"), True, "training")
 
 
 @pytest.fixture(scope="module")
 def encoders():
-    return (
-        FrozenSamEncoder(arch="tiny", allow_random_weights=True),
-        FrozenMaeEncoder(arch="tiny", allow_random_weights=True),
-    )
+    return tiny_encoder("sam"), tiny_encoder("mae")
 
 
-def test_second_run_does_no_encoder_work_and_returns_same_records(tmp_path, synthetic, encoders):
+def test_second_run_does_no_encoder_work_and_returns_same_records(tmp_path, training_items, encoders):
     sam, mae = CountingEncoder(encoders[0]), CountingEncoder(encoders[1])
     kwargs = dict(
         cache_dir=tmp_path / "cache",
@@ -76,10 +71,10 @@ def test_second_run_does_no_encoder_work_and_returns_same_records(tmp_path, synt
         mae_encoder=mae,
         progress=False,
     )
-    first = precompute_embeddings(synthetic, **kwargs)
+    first = precompute_embeddings(training_items, **kwargs)
     assert len(first) == 2 * 3
     assert sam.images == mae.images == 6
-    second = precompute_embeddings(synthetic, **kwargs)
+    second = precompute_embeddings(training_items, **kwargs)
     assert sam.images == mae.images == 6  # nothing recomputed
     assert [r["sam"] for r in first] == [r["sam"] for r in second]
     for record in first:
@@ -87,14 +82,14 @@ def test_second_run_does_no_encoder_work_and_returns_same_records(tmp_path, synt
         assert emb.dtype == np.float16 and emb.shape == (256, 64, 64)
         assert np.load(record["mae"], mmap_mode="r").shape == (512, 64, 64)
     # stored embedding equals a fresh encoder call on the un-augmented view (within fp16 precision)
-    image = _preprocessing()(dict(synthetic[0]))["image"][None]
+    image = _preprocessing()(dict(training_items[0]))["image"][None]
     fresh = encoders[0](image)[0].numpy()
     np.testing.assert_allclose(np.load(first[0]["sam"]).astype(np.float32), fresh, rtol=1e-2, atol=1e-2)
 
 
-def test_augmented_views_are_deterministic_distinct_and_label_aligned(tmp_path, synthetic, encoders):
+def test_augmented_views_are_deterministic_distinct_and_label_aligned(tmp_path, training_items, encoders):
     records = precompute_embeddings(
-        synthetic[:1],
+        training_items[:1],
         cache_dir=tmp_path / "cache",
         preprocessing=_preprocessing(),
         augmentation=_augmentation(),
@@ -107,7 +102,7 @@ def test_augmented_views_are_deterministic_distinct_and_label_aligned(tmp_path, 
     assert labels[1].shape[-2:] != (96, 96) or not np.array_equal(labels[1], labels[0])
     assert not np.array_equal(np.load(records[1]["sam"]), np.load(records[2]["sam"]))
     again = precompute_embeddings(
-        synthetic[:1],
+        training_items[:1],
         cache_dir=tmp_path / "cache2",
         preprocessing=_preprocessing(),
         augmentation=_augmentation(),
@@ -120,38 +115,38 @@ def test_augmented_views_are_deterministic_distinct_and_label_aligned(tmp_path, 
         np.testing.assert_array_equal(np.load(a["sam"]), np.load(b["sam"]))
 
 
-def test_other_encoder_or_preprocessing_never_reuses_entries(tmp_path, synthetic, encoders):
+def test_other_encoder_or_preprocessing_never_reuses_entries(tmp_path, training_items, encoders):
     common = dict(cache_dir=tmp_path / "cache", views_per_image=1, progress=False)
-    a = precompute_embeddings(synthetic[:1], preprocessing=_preprocessing(), sam_encoder=encoders[0], **common)
-    other_seed = FrozenSamEncoder(arch="tiny", allow_random_weights=True, seed=1)
-    b = precompute_embeddings(synthetic[:1], preprocessing=_preprocessing(), sam_encoder=other_seed, **common)
+    a = precompute_embeddings(training_items[:1], preprocessing=_preprocessing(), sam_encoder=encoders[0], **common)
+    other_seed = tiny_encoder("sam", seed=1)
+    b = precompute_embeddings(training_items[:1], preprocessing=_preprocessing(), sam_encoder=other_seed, **common)
     prepared = _preprocessing("prepared")
-    c = precompute_embeddings(synthetic[:1], preprocessing=prepared, sam_encoder=encoders[0], **common)
+    c = precompute_embeddings(training_items[:1], preprocessing=prepared, sam_encoder=encoders[0], **common)
     assert len({a[0]["sam"], b[0]["sam"], c[0]["sam"]}) == 3
     aug = _augmentation()
     first = transform_fingerprint(aug)
-    aug(_preprocessing()(dict(synthetic[0])))  # MONAI transforms keep per-call state; the fingerprint must not
+    aug(_preprocessing()(dict(training_items[0])))  # MONAI transforms keep per-call state; the fingerprint must not
     assert transform_fingerprint(aug) == first == transform_fingerprint(_augmentation())
     assert transform_fingerprint(_augmentation(scale=0.7)) != first
     assert transform_fingerprint(_augmentation(canvas=128)) != first
 
 
-def test_truncated_entry_is_recomputed(tmp_path, synthetic, encoders):
+def test_truncated_entry_is_recomputed(tmp_path, training_items, encoders):
     sam = CountingEncoder(encoders[0])
     kwargs = dict(cache_dir=tmp_path / "cache", preprocessing=_preprocessing(), sam_encoder=sam, progress=False)
-    records = precompute_embeddings(synthetic[:1], **kwargs)
+    records = precompute_embeddings(training_items[:1], **kwargs)
     path = records[0]["sam"]
     with open(path, "r+b") as handle:
         handle.truncate(100)
     assert not EmbeddingCache.is_valid(__import__("pathlib").Path(path), (256, 64, 64))
-    precompute_embeddings(synthetic[:1], **kwargs)
+    precompute_embeddings(training_items[:1], **kwargs)
     assert sam.images == 2
     assert np.load(path).shape == (256, 64, 64)
 
 
-def test_no_temporary_files_left_behind(tmp_path, synthetic, encoders):
+def test_no_temporary_files_left_behind(tmp_path, training_items, encoders):
     precompute_embeddings(
-        synthetic[:1],
+        training_items[:1],
         cache_dir=tmp_path / "cache",
         preprocessing=_preprocessing(),
         sam_encoder=encoders[0],
@@ -160,9 +155,9 @@ def test_no_temporary_files_left_behind(tmp_path, synthetic, encoders):
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.name.endswith(".tmp")]
 
 
-def test_dataset_serves_float_embeddings_and_label_on_mask_grid(tmp_path, synthetic, encoders):
+def test_dataset_serves_float_embeddings_and_label_on_mask_grid(tmp_path, training_items, encoders):
     records = precompute_embeddings(
-        synthetic[:1],
+        training_items[:1],
         cache_dir=tmp_path / "cache",
         preprocessing=_preprocessing(),
         sam_encoder=encoders[0],
@@ -184,12 +179,16 @@ def test_dataset_serves_float_embeddings_and_label_on_mask_grid(tmp_path, synthe
     assert item["input_size"].tolist() == [256, 256] and item["original_size"].tolist() == [96, 96]
 
 
-def test_bad_arguments(tmp_path, synthetic, encoders):
+def test_bad_arguments(tmp_path, training_items, encoders):
     with pytest.raises(ValueError, match="encoder"):
-        precompute_embeddings(synthetic, cache_dir=tmp_path, preprocessing=_preprocessing())
+        precompute_embeddings(training_items, cache_dir=tmp_path, preprocessing=_preprocessing())
     with pytest.raises(ValueError, match="empty"):
         precompute_embeddings([], cache_dir=tmp_path, preprocessing=_preprocessing(), sam_encoder=encoders[0])
     with pytest.raises(ValueError, match="augmentation"):
         precompute_embeddings(
-            synthetic, cache_dir=tmp_path, preprocessing=_preprocessing(), sam_encoder=encoders[0], views_per_image=2
+            training_items,
+            cache_dir=tmp_path,
+            preprocessing=_preprocessing(),
+            sam_encoder=encoders[0],
+            views_per_image=2,
         )

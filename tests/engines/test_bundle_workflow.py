@@ -14,20 +14,15 @@ import pytest
 import tifffile
 import torch
 
-from scsam_monai.synthetic import write_synthetic_dataset
 from tests.helpers import run_bundle
 
 pytestmark = pytest.mark.slow
 
 
-def _run_bundle(repo_root, run_id: str, configs: list[str], overrides: dict, cwd):
-    return run_bundle(run_id, configs, overrides, cwd=cwd, configs_dir=repo_root / "bundle/configs")
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, repo_root):
+def trained(tmp_path_factory, synthetic_dataset):
     work = tmp_path_factory.mktemp("bundle")
-    write_synthetic_dataset(work / "data", num_train=10, num_val=3, num_test=2, size=128, seed=11)
+    synthetic_dataset(work / "data", num_train=10, num_val=3, num_test=2, size=128, seed=11)  # its embedding cache
     overrides = {
         "dataset_dir": work / "data",
         "output_dir": work / "out",
@@ -36,7 +31,7 @@ def trained(tmp_path_factory, repo_root):
         "train#trainer#max_epochs": 6,
         "learning_rate": 0.001,
     }
-    train = _run_bundle(repo_root, "training", ["train.yaml", "demo.yaml"], overrides, cwd=work)
+    train = run_bundle("training", ["train.yaml", "demo.yaml"], overrides, cwd=work)
     return work, overrides, train
 
 
@@ -62,18 +57,18 @@ def test_training_saves_model_and_improves_validation_dice(trained):
 CACHE_LINE = re.compile(r"Embedding cache .*?: (\d+) embeddings computed, (\d+) reused, (\d+) records\.")
 
 
-def test_second_training_run_reuses_the_embedding_cache(trained, repo_root):
+def test_second_training_run_reuses_the_embedding_cache(trained):
     work, overrides, _ = trained
-    result = _run_bundle(repo_root, "precompute", ["train.yaml", "demo.yaml"], overrides, cwd=work)
+    result = run_bundle("precompute", ["train.yaml", "demo.yaml"], overrides, cwd=work)
     counts = [tuple(map(int, m)) for m in CACHE_LINE.findall(result.stdout + result.stderr)]
     assert counts, "no embedding-cache summary in the log"
     for computed, reused, records in counts:  # every embedding (one per stream) read back, none computed again
         assert computed == 0 and reused >= records > 0, counts
 
 
-def test_evaluation_writes_metrics_and_overlay_of_the_trained_head(trained, repo_root):
+def test_evaluation_writes_metrics_and_overlay_of_the_trained_head(trained):
     work, overrides, _ = trained
-    _run_bundle(repo_root, "evaluating", ["train.yaml", "evaluate.yaml", "demo.yaml"], overrides, cwd=work)
+    run_bundle("evaluating", ["train.yaml", "evaluate.yaml", "demo.yaml"], overrides, cwd=work)
     out = work / "out"
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("challenge_iou", "iou", "mc_iou", "miou", "aji", "dice_mean"):
@@ -88,7 +83,7 @@ def test_evaluation_writes_metrics_and_overlay_of_the_trained_head(trained, repo
     # validation epoch) as training validated it, clearly above the untrained head's value (epoch 0 of the curve)
     validation = {**overrides, "output_dir": work / "eval_validation", "ckpt_dir": out / "models"}
     validation["eval_split"] = "validation"
-    _run_bundle(repo_root, "evaluating", ["train.yaml", "evaluate.yaml", "demo.yaml"], validation, cwd=work)
+    run_bundle("evaluating", ["train.yaml", "evaluate.yaml", "demo.yaml"], validation, cwd=work)
     scores = json.loads((work / "eval_validation" / "metrics.json").read_text())
     curve = json.loads((out / "learning_curve.json").read_text())
     untrained, best = curve["val_metric"][0], max(curve["val_metric"][1:])
@@ -106,9 +101,9 @@ def _foreground_dice(predictions: list[np.ndarray], labels: list[np.ndarray]) ->
     return dice
 
 
-def test_inference_writes_label_maps_at_image_size_that_find_the_organelles(trained, repo_root):
+def test_inference_writes_label_maps_at_image_size_that_find_the_organelles(trained):
     work, overrides, _ = trained
-    _run_bundle(repo_root, "inference", ["train.yaml", "inference.yaml", "demo.yaml"], overrides, cwd=work)
+    run_bundle("inference", ["train.yaml", "inference.yaml", "demo.yaml"], overrides, cwd=work)
     predictions = sorted((work / "out" / "predictions").glob("*_seg.tif"))
     assert [p.name for p in predictions] == ["test_000_seg.tif", "test_001_seg.tif"]
     labels = [tifffile.imread(p) for p in predictions]

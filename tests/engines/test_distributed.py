@@ -26,7 +26,6 @@ from scsam_monai.engines.distributed import (
     parameter_fingerprint,
     sharded_precompute_embeddings,
 )
-from scsam_monai.synthetic import write_synthetic_dataset
 from tests.helpers import free_port, run_command
 
 
@@ -126,8 +125,8 @@ def test_weight_check_stops_ranks_whose_weights_differ():
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_train_and_rank0_saves(tmp_path):
-    write_synthetic_dataset(tmp_path / "data", num_train=6, num_val=3, num_test=1, size=128, seed=11)
+def test_torchrun_two_ranks_train_and_rank0_saves(tmp_path, synthetic_dataset):
+    synthetic_dataset(tmp_path / "data", num_train=6, num_val=3, num_test=1, size=128, seed=11)  # its embedding cache
     overrides = {"dataset_dir": tmp_path / "data", "output_dir": tmp_path / "out", "views_per_image": 2}
     overrides.update({"train#batch_size": 2, "train#trainer#max_epochs": 2})
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

@@ -20,8 +20,7 @@ from torch import nn
 from scsam_monai.cli.prepare import main as scsam_prepare
 from scsam_monai.data.preprocessing import ImagePreprocessing
 from scsam_monai.engines.inference_job import segment_inputs
-from scsam_monai.networks.scsam import with_background
-from tests.helpers import train_preprocessing
+from tests.helpers import StandInModel, train_preprocessing
 
 DEPTH, TRAIN, SIZE = 6, 4, 64
 
@@ -49,19 +48,7 @@ def _raw_volume() -> tuple[np.ndarray, np.ndarray]:
     return raw.clip(0, 65535).astype(np.uint16), labels
 
 
-class TinyHead(nn.Module):
-    """Two convolutions: per-class logits from local intensities (so they depend on the normalisation)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 2, 1))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Background, then the 2 classes: what an image-in model returns."""
-        return with_background(self.net(images))
-
-
-def _train(datalist: str) -> TinyHead:
+def _train(datalist: str) -> StandInModel:
     """Train on the prepared training slices as the bundle reads them (``image_normalization: prepared``)."""
     preprocessing = train_preprocessing({"image_normalization": "prepared"})
     items = [preprocessing(item) for item in load_decathlon_datalist(datalist, True, "training")]
@@ -69,7 +56,7 @@ def _train(datalist: str) -> TinyHead:
     labels = torch.stack([torch.as_tensor(item["label"]) for item in items]).long()
     targets = torch.cat([(labels == c).float() for c in (1, 2)], dim=1)
     torch.manual_seed(0)
-    model = TinyHead()
+    model = StandInModel("conv", num_classes=2)  # logits from local intensities: they depend on the normalisation
     optimizer = torch.optim.Adam(model.parameters(), lr=0.03)
     for _ in range(200):
         optimizer.zero_grad()

@@ -13,7 +13,6 @@ import torch
 import yaml
 
 from scsam_monai.engines.resume import RngState
-from scsam_monai.synthetic import write_synthetic_dataset
 from tests.helpers import run_bundle
 
 pytestmark = pytest.mark.slow
@@ -38,8 +37,8 @@ def test_rng_state_round_trip_is_weights_only_loadable(tmp_path):
     assert random.random() == expected[2]
 
 
-def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, repo_root):
-    write_synthetic_dataset(tmp_path / "data", num_train=4, num_val=1, num_test=0, size=96, seed=5)
+def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, repo_root, synthetic_dataset):
+    synthetic_dataset(tmp_path / "data", num_train=4, num_val=1, num_test=0, size=96, seed=5)  # its embedding cache
     common = {
         "dataset_dir": tmp_path / "data",
         "views_per_image": 1,

@@ -92,7 +92,7 @@ def test_blended_logits_match_monai_sliding_window(overlap, sigma_scale):
 
 @pytest.mark.parametrize("scale", [1.0, 0.5, 2.0])
 def test_tall_slice_is_blended_in_bands_of_one_tile_row(scale):
-    tiling = Tiling(TILE)
+    tiling = Tiling(TILE, overlap=0.25)
     model = ConvModel()
     events: list[str] = []
 
@@ -117,7 +117,7 @@ def test_tall_slice_is_blended_in_bands_of_one_tile_row(scale):
 
 
 def test_shifted_tile_grid_gives_the_same_labels():
-    tiling = Tiling(TILE)
+    tiling = Tiling(TILE, overlap=0.25)
     image = smooth_image(320, 352)
     shift = TILE // 2  # the crop's tiles straddle the full image's tile borders
 
@@ -135,7 +135,7 @@ def test_shifted_tile_grid_gives_the_same_labels():
 
 @pytest.mark.parametrize("scale", [0.5, 2.0])
 def test_resampled_slice_comes_back_on_the_input_grid(scale):
-    tiling = Tiling(TILE)
+    tiling = Tiling(TILE, overlap=0.25)
     model = ConvModel(kernel=1)  # pointwise: resampling a smooth image barely changes its labels
     image = smooth_image(200, 300, cell=40)
     labels, probs = segment_tiled(model, image, tiling=tiling, scale=scale, probabilities=True)
@@ -148,7 +148,7 @@ def test_resampled_slice_comes_back_on_the_input_grid(scale):
 
 @pytest.mark.parametrize("scale", [0.5, 2.0, 0.37, 1.7])
 def test_band_resampling_equals_whole_slice_resampling(scale):
-    tiling = Tiling(TILE)
+    tiling = Tiling(TILE, overlap=0.25)
     model = ConvModel()
     image = smooth_image(150, 230)
     shape = resampled_shape(image.shape, scale)
@@ -169,7 +169,7 @@ def test_tiles_of_a_row_are_batched_without_changing_the_result():
     for batch_size in (1, 3):
         model = ConvModel()
         results[batch_size] = segment_tiled(
-            model, image, tiling=Tiling(TILE, batch_size=batch_size), probabilities=True
+            model, image, tiling=Tiling(TILE, overlap=0.25, batch_size=batch_size), probabilities=True
         )
         assert model.batch_sizes == ([1] * 10 if batch_size == 1 else [3, 3, 3, 1]) * 6  # batches stay in a row
     assert (results[1][0] == results[3][0]).all()
@@ -179,7 +179,7 @@ def test_tiles_of_a_row_are_batched_without_changing_the_result():
 def test_slice_that_fits_is_one_call_on_the_whole_slice():
     model = ConvModel()
     image = smooth_image(40, 57)
-    labels, probs = segment_tiled(model, image, tiling=Tiling(TILE), probabilities=True)
+    labels, probs = segment_tiled(model, image, tiling=Tiling(TILE, overlap=0.25), probabilities=True)
     assert model.batch_sizes == [1]
     with torch.inference_mode():
         classes = model(torch.from_numpy(image)[None, None])[0, 1:]
@@ -192,7 +192,7 @@ def test_slice_that_fits_is_one_call_on_the_whole_slice():
 def test_probabilities_are_the_sigmoid_of_the_blended_class_logits():
     model = ConvModel()
     image = smooth_image(130, 150)
-    tiling = Tiling(TILE)
+    tiling = Tiling(TILE, overlap=0.25)
     labels, probs = segment_tiled(model, image, tiling=tiling, probabilities=True, threshold=0.7)
     logits = class_logits(model, image, tiling)
     assert probs.shape == (3, 130, 150)
@@ -226,10 +226,23 @@ def test_tiling_record_is_json():
         (lambda: Tiling(0), "tile_size"),
         (lambda: Tiling(TILE, sigma_scale=0), "sigma_scale"),
         (lambda: Tiling(TILE, batch_size=0), "batch_size"),
-        (lambda: segment_tiled(ConvModel(), np.zeros((8, 8), np.float32), tiling=Tiling(TILE), scale=0), "scale"),
-        (lambda: segment_tiled(ConvModel(), np.zeros((8, 8), np.float32), tiling=Tiling(TILE), scale=-1), "scale"),
-        (lambda: segment_tiled(ConvModel(), np.zeros((2, 8, 8), np.float32), tiling=Tiling(TILE)), "image"),
-        (lambda: segment_tiled(lambda x: x, np.zeros((8, 8), np.float32), tiling=Tiling(TILE)), "model"),
+        (
+            lambda: segment_tiled(
+                ConvModel(), np.zeros((8, 8), np.float32), tiling=Tiling(TILE, overlap=0.25), scale=0
+            ),
+            "scale",
+        ),
+        (
+            lambda: segment_tiled(
+                ConvModel(), np.zeros((8, 8), np.float32), tiling=Tiling(TILE, overlap=0.25), scale=-1
+            ),
+            "scale",
+        ),
+        (
+            lambda: segment_tiled(ConvModel(), np.zeros((2, 8, 8), np.float32), tiling=Tiling(TILE, overlap=0.25)),
+            "image",
+        ),
+        (lambda: segment_tiled(lambda x: x, np.zeros((8, 8), np.float32), tiling=Tiling(TILE, overlap=0.25)), "model"),
         (lambda: needs_tiling((8, 8), float("nan"), TILE), "scale"),
     ],
 )

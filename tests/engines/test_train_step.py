@@ -10,7 +10,7 @@ from monai.engines import SupervisedTrainer
 from scsam_monai.engines.train_step import ScSAMTrainStep
 from scsam_monai.losses import ScSAMLoss
 from scsam_monai.networks.build import build_scsam_head
-from scsam_monai.networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
+from tests.helpers import tiny_encoder
 
 
 def _batch(sam_encoder, mae_encoder, n: int = 2):
@@ -24,8 +24,8 @@ def _batch(sam_encoder, mae_encoder, n: int = 2):
 
 
 def test_one_step_updates_only_the_head_and_leaves_encoders_unchanged():
-    sam_encoder = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
-    mae_encoder = FrozenMaeEncoder(arch="tiny", allow_random_weights=True)
+    sam_encoder = tiny_encoder("sam")
+    mae_encoder = tiny_encoder("mae")
     before_sam = {k: v.clone() for k, v in sam_encoder.state_dict().items()}
     before_mae = {k: v.clone() for k, v in mae_encoder.state_dict().items()}
     torch.manual_seed(0)
@@ -64,8 +64,8 @@ def test_one_step_updates_only_the_head_and_leaves_encoders_unchanged():
 @pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16], ids=["fp32", "cpu_bf16_autocast"])
 def test_repeated_steps_reduce_the_loss(amp_dtype):
     """Six steps lower the loss, in float32 and under the small profile's CPU bf16 autocast (no GradScaler step)."""
-    sam_encoder = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
-    mae_encoder = FrozenMaeEncoder(arch="tiny", allow_random_weights=True)
+    sam_encoder = tiny_encoder("sam")
+    mae_encoder = tiny_encoder("mae")
     torch.manual_seed(0)
     head = build_scsam_head(canvas_size=256)
     loss = ScSAMLoss()

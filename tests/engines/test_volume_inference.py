@@ -8,32 +8,16 @@ import time
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from scsam_monai.data.normalize import measure_volume_window, normalize_slice, volume_window
 from scsam_monai.data.preprocessing import ImagePreprocessing
 from scsam_monai.engines.volume_inference import segment_slices
 from scsam_monai.io.readers import DataPreparationError, Volume
 from scsam_monai.networks.build import build_scsam_head
-from scsam_monai.networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
-from scsam_monai.networks.scsam import ScSAM, with_background
+from scsam_monai.networks.scsam import ScSAM
+from tests.helpers import StandInModel, tiny_encoder
 
 C = 3
-
-
-class IndexModel(nn.Module):
-    """Fake image-to-logits model (background channel first): slice i (filled with i / 100) gets class (i mod C) + 1."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(()))
-        self.batch_sizes: list[int] = []
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        self.batch_sizes.append(images.shape[0])
-        index = torch.round(images.mean(dim=(1, 2, 3)) * 100).long()
-        winner = torch.nn.functional.one_hot(index % C, C).float() * 20 - 10  # (B, C)
-        return with_background((winner[:, :, None, None] * self.scale).expand(-1, -1, *images.shape[-2:]))
 
 
 def _slices(n: int, shape=(12, 10), counter: list | None = None):
@@ -44,7 +28,7 @@ def _slices(n: int, shape=(12, 10), counter: list | None = None):
 
 
 def test_labels_per_slice_in_input_order_with_a_last_partial_batch():
-    model = IndexModel()
+    model = StandInModel("index", num_classes=C)
     written: list[tuple[int, np.ndarray]] = []
     count = segment_slices(
         model, _slices(7), batch_size=3, normalize=False, progress=False, writer=lambda i, lab: written.append((i, lab))
@@ -67,7 +51,7 @@ def test_generator_input_is_streamed_never_materialised(prefetch, writeback):
         ahead.append(len(pulled) - (index + 1))
 
     segment_slices(
-        IndexModel(),
+        StandInModel("index", num_classes=C),
         _slices(40, counter=pulled),
         batch_size=batch_size,
         normalize=False,
@@ -83,7 +67,7 @@ def test_generator_input_is_streamed_never_materialised(prefetch, writeback):
 
 
 def test_a_slice_of_another_size_starts_a_new_batch():
-    model = IndexModel()
+    model = StandInModel("index", num_classes=C)
     slices = [np.full((8, 8), 0.0), np.full((8, 8), 0.01), np.full((6, 9), 0.02), np.full((6, 9), 0.03)]
     shapes = {}
     segment_slices(
@@ -104,33 +88,31 @@ def test_errors_of_the_slice_reader_reach_the_caller():
         raise OSError("page 2 unreadable")
 
     with pytest.raises(OSError, match="page 2"):
-        segment_slices(IndexModel(), broken(), batch_size=1, progress=False, writer=lambda i, lab: None)
+        segment_slices(
+            StandInModel("index", num_classes=C), broken(), batch_size=1, progress=False, writer=lambda i, lab: None
+        )
 
 
 def test_slices_are_normalised_per_image_and_must_be_2d():
     """Each slice reaches the model as ``normalize_slice`` (the bundle's per-image preprocessing) gives it."""
-    seen = []
-
-    class Recorder(nn.Module):
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
-            seen.append(images.clone())
-            return torch.zeros(images.shape[0], 1 + C, *images.shape[2:])
-
+    model = StandInModel("background", num_classes=C, record=True)
     rng = np.random.default_rng(0)
     slices = [rng.gamma(2.0, 300.0, (30, 20)).astype(np.uint16), rng.normal(0, 1, (1, 30, 20)).astype(np.float32)]
-    segment_slices(Recorder(), iter(slices), batch_size=2, progress=False, writer=lambda i, lab: None)
-    (batch,) = seen
+    segment_slices(model, iter(slices), batch_size=2, progress=False, writer=lambda i, lab: None)
+    (batch,) = model.seen
     assert batch.shape == (2, 1, 30, 20) and batch.dtype == torch.float32
     for image, given in zip(slices, batch, strict=True):
         np.testing.assert_array_equal(given[0].numpy(), normalize_slice(image.reshape(30, 20)))
     with pytest.raises(ValueError, match="2D slice"):
-        segment_slices(Recorder(), [np.zeros((2, 4, 4))], progress=False, writer=lambda i, lab: None)
+        segment_slices(
+            StandInModel("background", num_classes=C), [np.zeros((2, 4, 4))], progress=False, writer=lambda i, lab: None
+        )
 
 
 def test_full_scsam_labels_equal_the_model_on_each_normalised_slice():
     torch.manual_seed(0)
-    sam = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
-    mae = FrozenMaeEncoder(arch="tiny", allow_random_weights=True)
+    sam = tiny_encoder("sam")
+    mae = tiny_encoder("mae")
     model = ScSAM(sam_encoder=sam, mae_encoder=mae, head=build_scsam_head(canvas_size=sam.img_size))
     rng = np.random.default_rng(1)
     volume = rng.normal(1000, 200, (3, 40, 56)).astype(np.float32)
@@ -146,23 +128,11 @@ def test_full_scsam_labels_equal_the_model_on_each_normalised_slice():
 
 
 def test_default_batch_is_one_slice_on_cpu_and_bad_sizes_are_refused():
-    model = IndexModel()
+    model = StandInModel("index", num_classes=C)
     segment_slices(model, _slices(3), normalize=False, progress=False, writer=lambda i, lab: None)
     assert model.batch_sizes == [1, 1, 1]
     with pytest.raises(ValueError, match="batch_size"):
         segment_slices(model, _slices(1), batch_size=0, progress=False, writer=lambda i, lab: None)
-
-
-class Recorder(nn.Module):
-    """Keeps every batch it is given; background everywhere."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[torch.Tensor] = []
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        self.seen.append(images.clone())
-        return torch.zeros(images.shape[0], 1 + C, *images.shape[2:])
 
 
 def _raw_volume(depth: int = 4) -> np.ndarray:
@@ -183,7 +153,7 @@ def _volume_of(array: np.ndarray, source: str = "raw.tif", fail_at: int | None =
 @pytest.mark.parametrize("as_volume", [True, False])
 def test_prepared_normalisation_uses_one_window_measured_over_the_whole_volume(as_volume):
     volume = _raw_volume()
-    model = Recorder()
+    model = StandInModel("background", num_classes=C, record=True)
     slices = _volume_of(volume) if as_volume else list(volume)
     ImagePreprocessing("prepared").attach(model)  # the model's own preprocessing, as its weights record it
     segment_slices(model, slices, batch_size=4, progress=False, writer=lambda i, lab: 0)
@@ -199,9 +169,15 @@ def test_prepared_needs_a_window_for_a_one_shot_iterator_and_unknown_values_are_
     volume = _raw_volume(2)
     prepared = ImagePreprocessing("prepared")
     with pytest.raises(ValueError, match="window="):
-        segment_slices(Recorder(), iter(volume), preprocessing=prepared, progress=False, writer=print)
+        segment_slices(
+            StandInModel("background", num_classes=C),
+            iter(volume),
+            preprocessing=prepared,
+            progress=False,
+            writer=print,
+        )
     window = volume_window(iter(volume), source="raw.tif")
-    model = Recorder()
+    model = StandInModel("background", num_classes=C, record=True)
     segment_slices(model, iter(volume), preprocessing=prepared, window=window, progress=False, writer=print)
     np.testing.assert_array_equal(model.seen[1][0, 0].numpy(), normalize_slice(volume[1], window))
     with pytest.raises(ValueError, match="image_normalization must be one of per_image, prepared"):
@@ -212,7 +188,10 @@ def test_a_failing_read_of_a_volume_names_the_file_and_the_slice():
     written = []
     with pytest.raises(DataPreparationError, match=r"raw\.tif: slice 3 \(of 5\) cannot be read: .*bad page"):
         segment_slices(
-            Recorder(), _volume_of(_raw_volume(5), fail_at=3), progress=False, writer=lambda i, lab: written.append(i)
+            StandInModel("background", num_classes=C),
+            _volume_of(_raw_volume(5), fail_at=3),
+            progress=False,
+            writer=lambda i, lab: written.append(i),
         )
     assert written == sorted(written) and 3 not in written
 
@@ -227,14 +206,21 @@ def test_a_failing_writer_stops_the_run_and_reaches_the_caller(writeback):
         written.append(index)
 
     with pytest.raises(OSError, match="disk full"):
-        segment_slices(IndexModel(), _slices(40), normalize=False, writeback=writeback, progress=False, writer=writer)
+        segment_slices(
+            StandInModel("index", num_classes=C),
+            _slices(40),
+            normalize=False,
+            writeback=writeback,
+            progress=False,
+            writer=writer,
+        )
     assert written == [0, 1, 2, 3]
 
 
 def test_probabilities_reach_the_writer_with_each_label_map():
     got = {}
     segment_slices(
-        IndexModel(),
+        StandInModel("index", num_classes=C),
         _slices(3),
         batch_size=2,
         normalize=False,
@@ -259,17 +245,18 @@ def test_reading_the_model_and_writing_overlap():
             time.sleep(step)
             yield np.full((8, 8), i / 100, np.float32)
 
-    class SlowModel(IndexModel):
-        def forward(self, images):
-            time.sleep(step * images.shape[0])
-            return super().forward(images)
-
     start = time.perf_counter()
-    segment_slices(SlowModel(), slow_slices(), normalize=False, progress=False, writer=lambda i, lab: time.sleep(step))
+    segment_slices(
+        StandInModel("index", num_classes=C, delay=step),
+        slow_slices(),
+        normalize=False,
+        progress=False,
+        writer=lambda i, lab: time.sleep(step),
+    )
     pipelined = time.perf_counter() - start
     start = time.perf_counter()
     segment_slices(
-        SlowModel(),
+        StandInModel("index", num_classes=C, delay=step),
         slow_slices(),
         normalize=False,
         prefetch=0,
@@ -283,14 +270,14 @@ def test_reading_the_model_and_writing_overlap():
 
 
 def test_reader_and_writer_threads_end_promptly_when_the_model_fails():
-    class FailsOnSecondBatch(IndexModel):
-        def forward(self, images):
-            if len(self.batch_sizes) == 1:
-                raise RuntimeError("device lost")
-            return super().forward(images)
-
     start = time.perf_counter()
     with pytest.raises(RuntimeError, match="device lost"):
-        segment_slices(FailsOnSecondBatch(), _slices(4), normalize=False, progress=False, writer=lambda i, lab: None)
+        segment_slices(
+            StandInModel("index", num_classes=C, fail_on_call=2),
+            _slices(4),
+            normalize=False,
+            progress=False,
+            writer=lambda i, lab: None,
+        )
     assert time.perf_counter() - start < 5
     assert not [t.name for t in threading.enumerate() if t.name.startswith("segment_slices-")]

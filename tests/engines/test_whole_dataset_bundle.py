@@ -2,7 +2,7 @@
 
 The demo profile (tiny random-weight encoders) trains on a small synthetic set declared to be at 8 nm, so that
 its weights record a model pixel size of 4 nm (128-pixel slices on the 256-pixel canvas). That model then
-segments a 4,096-pixel mosaic of the demo's synthetic slices in tiles, and a stack through
+segments a mosaic of the demo's synthetic slices in two tilings, and a stack through
 ``torchrun --nproc_per_node 2 -m monai.bundle run inference``.
 """
 
@@ -18,7 +18,6 @@ import zarr
 
 from scsam_monai.bundle_command import bundle_command
 from scsam_monai.data.preprocessing import PIXEL_SIZE_KEY
-from scsam_monai.engines.tiling import Tiling, segment_tiled
 from scsam_monai.model import build_scsam
 from scsam_monai.synthetic import synthesize_slice, write_synthetic_dataset
 from tests.helpers import run_bundle, run_command
@@ -63,23 +62,19 @@ def _trained_model(work) -> torch.nn.Module:
     return model.eval()
 
 
-def test_two_tilings_offset_by_half_a_tile_agree_on_a_4096_pixel_slice(trained):
-    """The trained demo model on a 4,096² mosaic of the demo generator's slices: tiles of 256, offset by 128."""
+def test_two_tilings_offset_by_half_a_tile_agree(trained):
+    """The trained model on a 1,024² mosaic of the demo generator's slices: tiles of 256, the second grid 128 in.
+
+    ScSAM's class prompts are pooled over each tile, so a pixel's logits depend on its tile's content: the two
+    grids cannot agree everywhere. With the default overlap (half a tile) the demo's model agrees on 0.98 of the
+    pixels (benchmarks/results/tiling_agreement_2026-12-06/ at 4,096²); a quarter-tile overlap gives 0.89.
+    """
+    from benchmarks.tiling_agreement import tiling_agreement
+
     work, _ = trained
-    model = _trained_model(work)
-    mosaic = np.block([[synthesize_slice(256, seed=16 * r + c)[0] for c in range(16)] for r in range(16)])
-    image = model.preprocessing.normalizer(None)(mosaic)  # one normalisation for both tilings
-
-    def run(part):
-        labels, _ = segment_tiled(
-            lambda x: model(x, fit_to_canvas=False), part, tiling=Tiling(256, 0.25, batch_size=8), scale=1.0
-        )
-        return labels
-
-    whole, shifted = run(image), run(image[128:, 128:])
-    agreement = float((whole[128:, 128:] == shifted).mean())
-    assert agreement >= 0.99, agreement
-    assert len(np.unique(whole)) > 2  # it segments something, not one class everywhere
+    result = tiling_agreement(_trained_model(work), 1024, overlap=0.5)
+    assert result["agreement"] >= 0.97, result
+    assert result["classes_found"] > 2  # it segments something, not one class everywhere
 
 
 def test_torchrun_two_ranks_write_the_one_rank_labels_and_the_input_wins_over_infer_split(trained, tmp_path):

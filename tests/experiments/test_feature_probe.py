@@ -23,7 +23,7 @@ from experiments.feature_probe import (
     run_probe,
 )
 from experiments.mae_untrained import export_untrained_encoder
-from scsam_monai.networks.encoders import FrozenMaeEncoder
+from tests.helpers import tiny_encoder
 
 SIZE, GRID = 64, 16  # 4-pixel patches, like the tiny encoders on their canvas
 
@@ -153,7 +153,7 @@ def test_image_dependent_variance_ignores_a_fixed_pattern_and_follows_scale():
 
 def test_run_probe_writes_json_and_markdown_for_real_encoders(datalist, tmp_path):
     encoders = {
-        "MAE (random, seed 0)": lambda: FrozenMaeEncoder(arch="tiny", allow_random_weights=True, seed=0),
+        "MAE (random, seed 0)": lambda: tiny_encoder("mae", seed=0),
         "pixels": _PatchPixels,
     }
     result = run_probe(datalist, encoders, tmp_path, class_names=["squares", "bars"])
@@ -169,7 +169,7 @@ def test_run_probe_writes_json_and_markdown_for_real_encoders(datalist, tmp_path
 
 
 def test_command_line_probes_the_pretrained_mae_and_its_random_twins(datalist, tmp_path, capsys):
-    source = FrozenMaeEncoder(arch="tiny", allow_random_weights=True, seed=7)  # stands in for a pre-trained MAE
+    source = tiny_encoder("mae", seed=7)  # stands in for a pre-trained MAE
     checkpoint = tmp_path / "mae_encoder.pth"
     torch.save({"model": {f"encoder.{k}": v for k, v in source.backbone.state_dict().items()}}, checkpoint)
     code = feature_probe.main(

@@ -7,6 +7,7 @@ import torch
 from experiments.mae_untrained import export_untrained_encoder, main, untrained_mae
 from scsam_monai.mae.model import sincos_pos_embed_2d
 from scsam_monai.networks.encoders import FrozenMaeEncoder
+from tests.helpers import tiny_encoder
 
 
 def test_export_is_the_untrained_mae_and_loads_in_the_frozen_encoder(tmp_path):
@@ -20,7 +21,7 @@ def test_export_is_the_untrained_mae_and_loads_in_the_frozen_encoder(tmp_path):
     encoder = FrozenMaeEncoder(arch="tiny", checkpoint=path)
     # MAE's fixed sin-cos position code, not timm's random initialisation of the random twin
     torch.testing.assert_close(encoder.backbone.pos_embed[0, 1:], sincos_pos_embed_2d(512, 16, 16))
-    twin = FrozenMaeEncoder(arch="tiny", allow_random_weights=True, seed=3)
+    twin = tiny_encoder("mae", seed=3)
     assert twin.backbone.pos_embed[0, 1:].abs().max() < 0.5  # timm's trunc_normal(0.02) init
     # the twin and the step-0 encoder share every weight but the position code (same seed, same build)
     for key, value in twin.backbone.state_dict().items():

@@ -15,16 +15,15 @@ import torch
 from PIL import Image
 
 from experiments.registry import GROUPS, METHODS
-from scsam_monai.synthetic import write_synthetic_dataset
 from tests.helpers import run_command
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def experiments(tmp_path_factory, repo_root):
+def experiments(tmp_path_factory, repo_root, synthetic_dataset):
     root = tmp_path_factory.mktemp("experiments")
-    datalist = write_synthetic_dataset(root / "synthetic")
+    datalist = synthetic_dataset(root / "synthetic") / "datalist.json"  # write_synthetic_dataset's default sizes
     out = root / "out"
     cmd = [sys.executable, str(repo_root / "scripts" / "run_experiments.py"), "--datalist", str(datalist)]
     cmd += ["--profile", "tiny", "--out", str(out)]
@@ -115,8 +114,8 @@ def test_a_row_reruns_from_its_saved_command(experiments):
     assert all(torch.equal(rerun[k], original[k]) for k in original if isinstance(original[k], torch.Tensor))
 
 
-def test_cross_dataset_rows_when_the_datalist_names_two_subsets(tmp_path, repo_root):
-    datalist = write_synthetic_dataset(tmp_path / "synthetic")
+def test_cross_dataset_rows_when_the_datalist_names_two_subsets(tmp_path, repo_root, synthetic_dataset):
+    datalist = synthetic_dataset(tmp_path / "synthetic") / "datalist.json"  # a copy: its datalist is changed
     data = json.loads(datalist.read_text())
     for split in ("training", "validation", "test"):
         for index, item in enumerate(data[split]):

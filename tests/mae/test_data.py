@@ -11,13 +11,12 @@ import tifffile
 
 from scsam_monai.data.transforms import LoadEMImaged
 from scsam_monai.mae.data import unlabelled_slices
-from scsam_monai.synthetic import write_synthetic_dataset
 
 LOAD_SLICE = LoadEMImaged(keys="image", slice_key="slice", container_key="key")  # pretrain_mae.yaml's loader
 
 
-def test_datalist_images_of_training_and_validation_labels_ignored(tmp_path):
-    datalist = write_synthetic_dataset(tmp_path, num_train=3, num_val=2, num_test=1, size=64, seed=1)
+def test_datalist_images_of_training_and_validation_labels_ignored(synthetic_dataset):
+    datalist = synthetic_dataset(num_train=3, num_val=2, num_test=1, size=64, seed=1) / "datalist.json"
     items = unlabelled_slices(datalist=datalist)
     assert len(items) == 5 and all(set(item) == {"image", "slice", "key"} for item in items)
     assert all(item["slice"] == 0 and Path(item["image"]).parent.name == "images" for item in items)

@@ -18,7 +18,6 @@ from monai.utils.enums import CommonKeys
 
 from scsam_monai.networks.encoders import FrozenMaeEncoder
 from scsam_monai.networks.precision import cpu_has_native_bf16
-from scsam_monai.synthetic import write_synthetic_dataset
 from tests.helpers import REAL_EM_SAMPLE as REAL_EM
 from tests.helpers import run_bundle
 
@@ -31,10 +30,9 @@ SMALL = {"batch_size": 8, "crops_per_image": 2, "num_workers": 0}
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("mae_data")
-    write_synthetic_dataset(root, num_train=6, num_val=2, num_test=1, size=96, seed=3)
-    return root
+def dataset_dir(synthetic_dataset) -> Path:
+    """A synthetic data set of 6 training, 2 validation and 1 test slices of 96 x 96 (shared: runs write elsewhere)."""
+    return synthetic_dataset(num_train=6, num_val=2, num_test=1, size=96, seed=3)
 
 
 def _workflow(configs: list[str] = CONFIGS, defaults: dict = SMALL, **override) -> ConfigWorkflow:
@@ -56,11 +54,11 @@ def _loss(path: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def pretrained(synthetic, tmp_path_factory) -> tuple[Path, Path, str]:
+def pretrained(dataset_dir, tmp_path_factory) -> tuple[Path, Path, str]:
     """One pre-training run through the bundle command line (the user's command), 4 short epochs."""
     work = tmp_path_factory.mktemp("mae_cli")
     out, export = work / "out", work / "models" / "mae_encoder.pth"
-    overrides = {**SMALL, "dataset_dir": synthetic, "output_dir": out, "export_path": export, "max_epochs": 4}
+    overrides = {**SMALL, "dataset_dir": dataset_dir, "output_dir": out, "export_path": export, "max_epochs": 4}
     overrides.update(save_interval=2, png_interval=2, learning_rate=0.002)
     result = run_bundle("pretraining", CONFIGS, overrides, cwd=work, timeout=600)
     return out, export, result.stdout + result.stderr
@@ -92,11 +90,11 @@ def test_one_bundle_command_pretrains_and_exports_the_encoder(pretrained):
         assert torch.equal(same.backbone.state_dict()[k], v), k
 
 
-def test_scsam_trains_on_the_pretrained_mae_embeddings_through_the_bundle(pretrained, synthetic, tmp_path):
+def test_scsam_trains_on_the_pretrained_mae_embeddings_through_the_bundle(pretrained, dataset_dir, tmp_path):
     _, export, _ = pretrained
     configs = [str(REPO / "bundle/configs/train.yaml"), str(REPO / "bundle/configs/demo.yaml")]
     overrides = {
-        "dataset_dir": synthetic,
+        "dataset_dir": dataset_dir,
         "output_dir": tmp_path / "out",
         "cache_dir": tmp_path / "cache",
         "mae_checkpoint": export,
@@ -113,8 +111,8 @@ def test_scsam_trains_on_the_pretrained_mae_embeddings_through_the_bundle(pretra
     assert any(key in str(p) for p in (tmp_path / "cache").rglob("*")), "no embeddings cached under the MAE's key"
 
 
-def test_resume_continues_from_the_saved_epoch_and_matches_an_uninterrupted_run(synthetic, tmp_path):
-    common = {"dataset_dir": synthetic, "max_epochs": 4, "png_interval": 0}
+def test_resume_continues_from_the_saved_epoch_and_matches_an_uninterrupted_run(dataset_dir, tmp_path):
+    common = {"dataset_dir": dataset_dir, "max_epochs": 4, "png_interval": 0}
     full = _workflow(
         **common, output_dir=tmp_path / "full", export_path=tmp_path / "full.pt", save_interval=1, keep_checkpoints=None
     )
@@ -143,8 +141,8 @@ def test_resume_continues_from_the_saved_epoch_and_matches_an_uninterrupted_run(
     assert torch.load(tmp_path / "resumed.pt", weights_only=True)["mae_architecture"]["epoch"] == 4
 
 
-def test_resume_without_a_checkpoint_is_a_clear_error(synthetic, tmp_path):
-    workflow = _workflow(dataset_dir=synthetic, output_dir=tmp_path, resume=True, max_epochs=1)
+def test_resume_without_a_checkpoint_is_a_clear_error(dataset_dir, tmp_path):
+    workflow = _workflow(dataset_dir=dataset_dir, output_dir=tmp_path, resume=True, max_epochs=1)
     with pytest.raises(RuntimeError) as info:  # MONAI's config parser wraps the error
         workflow.run()
     cause = info.value.__cause__
@@ -183,12 +181,12 @@ def _real_em_workflow(dataset_dir: Path, **override) -> ConfigWorkflow:
 
 
 @pytest.mark.parametrize("native_bf16", [True, False])
-def test_real_em_overlay_autocasts_in_bf16_only_where_the_cpu_runs_it_natively(native_bf16, monkeypatch, synthetic):
+def test_real_em_overlay_autocasts_in_bf16_only_where_the_cpu_runs_it_natively(native_bf16, monkeypatch, dataset_dir):
     """pretrain_real_em.yaml: bf16 autocast on a CPU with native bf16 (0.42 s per step in the report), else float32."""
     from scsam_monai.networks import precision
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native_bf16)
-    parser = _real_em_workflow(synthetic).parser
+    parser = _real_em_workflow(dataset_dir).parser
     assert parser.get_parsed_content("amp") is native_bf16
     assert parser.get_parsed_content("train#iteration").amp_dtype == (torch.bfloat16 if native_bf16 else torch.float32)
     assert parser.get_parsed_content("train#trainer").amp is native_bf16
@@ -199,10 +197,10 @@ def test_real_em_overlay_autocasts_in_bf16_only_where_the_cpu_runs_it_natively(n
 
 
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="needs a CPU with native bf16 (AVX512-BF16 or AMX)")
-def test_real_em_overlay_pretrains_in_bf16_on_this_cpu(synthetic, tmp_path):
+def test_real_em_overlay_pretrains_in_bf16_on_this_cpu(dataset_dir, tmp_path):
     """A few steps of the real-EM overlay's bf16 pre-training run, fall and export a loadable encoder."""
     workflow = _real_em_workflow(
-        synthetic,
+        dataset_dir,
         output_dir=tmp_path / "out",
         image_normalization="per_image",  # the synthetic slices are not scsam-prepare output
         batch_size=8,
@@ -220,11 +218,11 @@ def test_real_em_overlay_pretrains_in_bf16_on_this_cpu(synthetic, tmp_path):
     assert encoder(torch.rand(1, 1, 256, 256)).shape == (1, 512, 64, 64)
 
 
-def test_centred_targets_through_the_bundle(synthetic, tmp_path):
+def test_centred_targets_through_the_bundle(dataset_dir, tmp_path):
     """``--norm_pix_loss mean`` reaches the MAE, its predict-nothing level is the masked patches' own variance, and
     the exported encoder records it."""
     workflow = _workflow(
-        dataset_dir=synthetic,
+        dataset_dir=dataset_dir,
         output_dir=tmp_path / "out",
         export_path=tmp_path / "mae_encoder.pth",
         norm_pix_loss="mean",

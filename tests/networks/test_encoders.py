@@ -32,18 +32,19 @@ from scsam_monai.networks.encoders import (
 )
 from scsam_monai.networks.geometry import longest_side_size
 from scsam_monai.networks.precision import resolve_precision
+from tests.helpers import tiny_encoder
 
 LOGGER = "scsam_monai.networks.encoders"
 
 
 @pytest.fixture(scope="module")
 def sam():
-    return FrozenSamEncoder(arch="tiny", allow_random_weights=True, seed=0)
+    return tiny_encoder("sam", seed=0)
 
 
 @pytest.fixture(scope="module")
 def mae():
-    return FrozenMaeEncoder(arch="tiny", allow_random_weights=True, seed=0)
+    return tiny_encoder("mae", seed=0)
 
 
 def _sam_checkpoint_state(encoder: FrozenSamEncoder, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -210,10 +211,8 @@ class _NoBlocks(nn.Module):
 def test_cache_keys(sam, mae, monkeypatch):
     assert sam.cache_key == "sam-tiny-random-seed0"
     assert mae.cache_key == "mae-tiny-t128-random-seed0"
-    assert (
-        FrozenMaeEncoder(arch="tiny", allow_random_weights=True, tile_size=64).cache_key == "mae-tiny-t64-random-seed0"
-    )
-    normalised = FrozenMaeEncoder(arch="tiny", allow_random_weights=True, pixel_mean=0.4, pixel_std=0.2)
+    assert tiny_encoder("mae", tile_size=64).cache_key == "mae-tiny-t64-random-seed0"
+    normalised = tiny_encoder("mae", pixel_mean=0.4, pixel_std=0.2)
     assert normalised.cache_key == "mae-tiny-t128-random-seed0-norm0.4_0.2"
     torch.testing.assert_close(normalised.preprocess(torch.full((1, 1, 8, 8), 0.6)), torch.ones(1, 1, 256, 256))
     # another arch: a stand-in module avoids building ViT-B on the CPU
@@ -229,14 +228,14 @@ def test_unknown_arch_and_bad_tile_size():
     with pytest.raises(ValueError, match="unknown MAE arch"):
         FrozenMaeEncoder(arch="vit_x", allow_random_weights=True)
     with pytest.raises(ValueError, match="tile_size"):
-        FrozenMaeEncoder(arch="tiny", allow_random_weights=True, tile_size=96)
+        tiny_encoder("mae", tile_size=96)
 
 
 # ----------------------------------------------------------------------------------------- SAM checkpoints
 
 
 def test_sam_checkpoint_round_trip(tmp_path, caplog):
-    source = FrozenSamEncoder(arch="tiny", allow_random_weights=True, seed=7)
+    source = tiny_encoder("sam", seed=7)
     path = tmp_path / "sam_tiny.pth"
     torch.save(_sam_checkpoint_state(source), path)
     caplog.clear()
@@ -261,7 +260,7 @@ def test_sam_checkpoint_round_trip(tmp_path, caplog):
     ids=["micro-sam", "ddp-state_dict", "model"],
 )
 def test_sam_wrapped_checkpoints(tmp_path, wrap):
-    source = FrozenSamEncoder(arch="tiny", allow_random_weights=True, seed=3)
+    source = tiny_encoder("sam", seed=3)
     path = tmp_path / "wrapped.pt"
     torch.save(wrap(_sam_checkpoint_state(source)), path)
     state = load_sam_state_dict(path)
@@ -291,7 +290,7 @@ def test_missing_checkpoint(tmp_path):
 def test_corrupt_checkpoint(tmp_path):
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"\x00not a checkpoint" * 100)
-    source = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
+    source = tiny_encoder("sam")
     good = tmp_path / "good.pth"
     torch.save(_sam_checkpoint_state(source), good)
     truncated = tmp_path / "truncated.pth"
@@ -340,7 +339,7 @@ def test_sha256_file(tmp_path):
 
 
 def test_mae_checkpoint_round_trip(tmp_path):
-    source = FrozenMaeEncoder(arch="tiny", allow_random_weights=True, seed=5)
+    source = tiny_encoder("mae", seed=5)
     state = {f"encoder.{k}": v.clone() for k, v in source.backbone.state_dict().items()}
     state["decoder_embed.weight"] = torch.randn(4, 512)  # MAE decoder: dropped
     state["mask_token"] = torch.zeros(1, 1, 512)
@@ -379,7 +378,7 @@ class _MeanTokenViT(nn.Module):
 
 @pytest.mark.parametrize("tile_size", [128, 64])
 def test_mae_stitches_tiles_by_position(tile_size):
-    enc = FrozenMaeEncoder(arch="tiny", allow_random_weights=True, tile_size=tile_size)
+    enc = tiny_encoder("mae", tile_size=tile_size)
     enc.backbone = _MeanTokenViT(enc.patch_size)
     values = torch.tensor([[0.1, 0.4], [0.7, 1.0]])
     image = values.repeat_interleave(128, 0).repeat_interleave(128, 1)[None, None]  # quadrants
@@ -423,7 +422,7 @@ def test_mae_vit_is_built_from_one_arch_name(mae):
 
 
 def test_mae_depth_and_heads_overrides_change_the_cache_key():
-    enc = FrozenMaeEncoder(arch="tiny", allow_random_weights=True, depth=2, num_heads=8)
+    enc = tiny_encoder("mae", depth=2, num_heads=8)
     assert len(enc.backbone.blocks) == 2 and enc.backbone.blocks[0].attn.num_heads == 8
     assert enc.cache_key == "mae-tiny-t128-d2h8-random-seed0"
 
@@ -440,7 +439,7 @@ def _token_local(enc: FrozenMaeEncoder) -> FrozenMaeEncoder:
 
 @pytest.mark.parametrize("tile_size", [128, 64])
 def test_mae_real_vit_tokens_land_where_their_pixels_were(tile_size):
-    enc = _token_local(FrozenMaeEncoder(arch="tiny", allow_random_weights=True, tile_size=tile_size))
+    enc = _token_local(tiny_encoder("mae", tile_size=tile_size))
     torch.manual_seed(0)
     image = torch.rand(1, 1, 256, 192)  # non-square; longest side = canvas: no resize, padding on the right
     base = enc(image)
@@ -453,7 +452,7 @@ def test_mae_real_vit_tokens_land_where_their_pixels_were(tile_size):
 
 
 def test_mae_real_vit_encodes_tiles_independently_and_stitches_them_in_place():
-    enc = FrozenMaeEncoder(arch="tiny", allow_random_weights=True)  # full ViT: attention mixes tokens in a tile
+    enc = tiny_encoder("mae")  # full ViT: attention mixes tokens in a tile
     torch.manual_seed(1)
     image = torch.rand(1, 1, 200, 256)  # non-square the other way: padding at the bottom
     base = enc(image)
@@ -507,9 +506,9 @@ def test_mae_export_records_its_architecture(tmp_path):
 
 def test_sam_precision_and_attention_switches_keep_the_reference_function(monkeypatch):
     images = torch.rand(2, 1, 96, 80, generator=torch.Generator().manual_seed(0))
-    reference = FrozenSamEncoder(arch="tiny", allow_random_weights=True, precision="fp32", attention="reference")
-    fused32 = FrozenSamEncoder(arch="tiny", allow_random_weights=True, precision="fp32")
-    bf16 = FrozenSamEncoder(arch="tiny", allow_random_weights=True, precision="bf16")
+    reference = tiny_encoder("sam", precision="fp32", attention="reference")
+    fused32 = tiny_encoder("sam", precision="fp32")
+    bf16 = tiny_encoder("sam", precision="bf16")
     assert list(fused32.state_dict()) == list(reference.state_dict())  # the swap keeps every key
     assert (reference.attention, fused32.attention) == ("reference", "fused")
     expected = reference(images)
@@ -519,7 +518,7 @@ def test_sam_precision_and_attention_switches_keep_the_reference_function(monkey
     out16 = bf16(images)
     assert out16.dtype == torch.float32 and 0 < float((out16 - expected).norm() / expected.norm()) < 0.02
     # "auto" on a CPU: bf16 only where the CPU has native bf16 instructions
-    auto = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
+    auto = tiny_encoder("sam")
     monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
     assert auto.compute_dtype() is None and torch.equal(auto(images), fused32(images))
     monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: True)
@@ -528,25 +527,25 @@ def test_sam_precision_and_attention_switches_keep_the_reference_function(monkey
 
 def test_sam_speed_switches_are_checked():
     with pytest.raises(ValueError, match="precision"):
-        FrozenSamEncoder(arch="tiny", allow_random_weights=True, precision="int8")
+        tiny_encoder("sam", precision="int8")
     with pytest.raises(ValueError, match="attention"):
-        FrozenSamEncoder(arch="tiny", allow_random_weights=True, attention="flash")
+        tiny_encoder("sam", attention="flash")
     with pytest.raises(ValueError, match="fp16"):
         resolve_precision("fp16", "cpu")
     assert resolve_precision("fp32", "cuda") is None and resolve_precision("bf16", "cpu") == torch.bfloat16
 
 
 def test_sam_compile_setting_decides_per_device_and_arch():
-    tiny = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
+    tiny = tiny_encoder("sam")
     assert tiny.compile_setting == "auto" and tiny.compile_options("cpu") is None  # not worth compiling
     vit_b = FrozenSamEncoder(arch="vit_b", allow_random_weights=True)
     assert vit_b.compile_options("cpu") == {"options": {"freezing": True}}  # the CPU speed path
     assert vit_b.compile_options("cuda") is None  # "auto" compiles on CPUs only
-    explicit = FrozenSamEncoder(arch="tiny", allow_random_weights=True, compile=True)
+    explicit = tiny_encoder("sam", compile=True)
     assert explicit.compile_options("cpu") == {"options": {"freezing": True}} and explicit.compile_options("cuda") == {}
-    mode = FrozenSamEncoder(arch="tiny", allow_random_weights=True, compile="max-autotune")
+    mode = tiny_encoder("sam", compile="max-autotune")
     assert mode.compile_options("cpu") == {"mode": "max-autotune"}
-    assert FrozenSamEncoder(arch="tiny", allow_random_weights=True, compile=False).compile_options("cpu") is None
+    assert tiny_encoder("sam", compile=False).compile_options("cpu") is None
 
 
 @pytest.mark.slow
@@ -557,8 +556,8 @@ def test_sam_compile_setting_decides_per_device_and_arch():
 def test_sam_encoder_compiled_with_freezing_on_cpu_keeps_the_function_and_the_keys():
     """The CPU speed path (Inductor with frozen weights, bf16 autocast) against segment-anything's fp32 encoder."""
     images = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(3))
-    reference = FrozenSamEncoder(arch="tiny", allow_random_weights=True, precision="fp32", attention="reference")
-    compiled = FrozenSamEncoder(arch="tiny", allow_random_weights=True, precision="bf16", compile=True)
+    reference = tiny_encoder("sam", precision="fp32", attention="reference")
+    compiled = tiny_encoder("sam", precision="bf16", compile=True)
     keys = list(compiled.state_dict())
     expected = reference(images)
     out = compiled(images)
@@ -577,14 +576,14 @@ def _failing_backend(graph, example_inputs):
 
 def test_sam_compile_auto_falls_back_to_eager_when_compiling_fails(monkeypatch, caplog):
     images = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(4))
-    eager = FrozenSamEncoder(arch="tiny", allow_random_weights=True, compile=False)
-    auto = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
+    eager = tiny_encoder("sam", compile=False)
+    auto = tiny_encoder("sam")
     monkeypatch.setattr(auto, "compile_options", lambda device: {"backend": _failing_backend})
     with caplog.at_level("WARNING"):
         out = auto(images)
     assert "running it eagerly" in caplog.text and not auto.compiled
     assert torch.equal(out, eager(images))
-    explicit = FrozenSamEncoder(arch="tiny", allow_random_weights=True, compile=True)
+    explicit = tiny_encoder("sam", compile=True)
     monkeypatch.setattr(explicit, "compile_options", lambda device: {"backend": _failing_backend})
     with pytest.raises(Exception, match="cc is not found"):  # an explicit compile request fails loudly
         explicit(images)
@@ -622,8 +621,8 @@ def _position_share(features: torch.Tensor) -> float:
 def test_mae_subtract_blank_removes_the_image_independent_response():
     from scsam_monai.mae.model import sincos_pos_embed_2d
 
-    plain = FrozenMaeEncoder(arch="tiny", allow_random_weights=True, seed=3)
-    blank = FrozenMaeEncoder(arch="tiny", allow_random_weights=True, seed=3, subtract_blank=True)
+    plain = tiny_encoder("mae", seed=3)
+    blank = tiny_encoder("mae", seed=3, subtract_blank=True)
     assert blank.cache_key == "mae-tiny-t128-random-seed3-blank"
     # position embeddings as strong as a pre-training's (fixed sin-cos, scaled up): the features are dominated by
     # a pattern that is the same for every image
@@ -645,7 +644,7 @@ def test_mae_subtract_blank_removes_the_image_independent_response():
 
 
 def test_mae_subtract_blank_keeps_tiles_independent_and_batches_consistent():
-    enc = FrozenMaeEncoder(arch="tiny", allow_random_weights=True, subtract_blank=True)
+    enc = tiny_encoder("mae", subtract_blank=True)
     torch.manual_seed(4)
     images = torch.rand(3, 1, 256, 200)
     together = enc(images)

@@ -11,9 +11,9 @@ from segment_anything.modeling import MaskDecoder, TwoWayTransformer
 from scsam_monai.losses import ScSAMLoss
 from scsam_monai.networks.build import HEAD_KEYS, PAPER_HEAD, build_scsam_head
 from scsam_monai.networks.checkpoints import load_sam_state_dict
-from scsam_monai.networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
 from scsam_monai.networks.mask_decoder import build_mask_decoder
 from scsam_monai.networks.scsam import ScSAM, ScSAMHead, class_embeddings, count_trainable_parameters
+from tests.helpers import tiny_encoder
 
 G = 16  # small token grid for speed; the default head uses 64
 
@@ -204,7 +204,7 @@ def test_original_size_postprocessing():
 
 
 def _sam_checkpoint(tmp_path, head: ScSAMHead) -> str:
-    encoder = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
+    encoder = tiny_encoder("sam")
     state = {f"image_encoder.{k}": v for k, v in encoder.encoder.state_dict().items()}
     torch.manual_seed(5)
     donor = build_scsam_head(grid_size=G, canvas_size=4 * G)
@@ -227,8 +227,8 @@ def test_head_initialises_decoder_and_prompt_embeddings_from_a_sam_checkpoint(tm
 
 
 def test_full_model_from_image_to_logits_at_input_size():
-    sam = FrozenSamEncoder(arch="tiny", allow_random_weights=True)
-    mae = FrozenMaeEncoder(arch="tiny", allow_random_weights=True)
+    sam = tiny_encoder("sam")
+    mae = tiny_encoder("mae")
     torch.manual_seed(0)
     model = ScSAM(sam_encoder=sam, mae_encoder=mae, head=build_scsam_head(canvas_size=sam.img_size)).eval()
     images = torch.rand(1, 1, 96, 80)
