@@ -293,8 +293,8 @@ def segment_slices(
             above 255 classes): 0 background, 1..C classes; ``writer(index, label, probabilities)`` with
             ``probabilities=True`` (``(C, H, W)`` float32 sigmoid probabilities). Runs in the writer thread.
         batch_size: slices per model call (consecutive slices of one size; a slice of another size starts a new
-            batch, so the last batch of a run may be partial); None for 8 on a GPU and 1 on a CPU (where bigger
-            batches are slower per slice, see ``benchmarks/README.md``).
+            batch, so the last batch of a run may be partial); None for 8 on a GPU and 1 on a CPU. With ``tiling``, each
+            slice is its own batch and ``tiling.batch_size`` tiles go through the model at once.
         device: where the model runs; None for the device of the model's parameters.
         amp: autocast on CUDA (ignored on other devices).
         amp_dtype: autocast dtype; None for bfloat16 where the GPU supports it, else float16.

@@ -179,7 +179,7 @@ class ScSAMInferTask(BundleInferTask):
         conf: the app's ``--conf`` settings (``preload``: ``true`` to load the network at start-up; ``warmup``:
             ``false`` for no warm-up when the server starts, :meth:`start_warmup`).
         description: shown by MONAI Label clients.
-        batch_size: slices per model call (None: 8 on a GPU, 1 on a CPU, see ``benchmarks/README.md``).
+        batch_size: slices per model call (None: 8 on a GPU, 1 on a CPU).
     """
 
     def __init__(

@@ -318,9 +318,9 @@ class FrozenSamEncoder(_FrozenEncoder):
             On a CPU the default mode compiles with Inductor's ``freezing``: the frozen weights become constants
             that oneDNN prepacks once (in bf16 under bf16 autocast) and the elementwise work between the matmuls
             (bias build, residual adds, GELU, LayerNorm, window partitions) is fused, and the global blocks'
-            attention runs chunked (:func:`.sam_attention.chunked_rel_pos_attention`): 3.1x segment-anything's
-            float32 encoder for ViT-B on the build machine, after a one-time compile of about 1.5 minutes on
-            one core (see benchmarks/README.md). Weights are read at that first call: load checkpoints before it.
+            attention runs chunked (:func:`.sam_attention.chunked_rel_pos_attention`): 3.12x segment-anything's
+            float32 encoder for ViT-B on the build machine (benchmarks/results/cpu_full_sam_encoder_chunked.json),
+            after a one-time compile at the first call. Weights are read at that first call: load checkpoints before it.
 
     Attributes:
         img_size: side of the square canvas (1024, 256 for "tiny").

@@ -5,7 +5,7 @@ segment-anything's ``MaskDecoder.predict_masks`` repeats one image embedding for
 B images x C classes at once, each (image, class) pair with its own image embedding and prompts, so this
 subclass overrides that step. Parameter names are unchanged: SAM checkpoints load as they are.
 
-Speed (same outputs and gradients up to float rounding; measured in ``benchmarks/README.md``): attention through
+Speed (same outputs and gradients up to float rounding; the benchmark times it): attention through
 ``F.scaled_dot_product_attention`` (:class:`FusedAttention`); ``keys + key_pe`` computed once per two-way block
 (:class:`FusedTwoWayAttentionBlock`); with ``multimask_output=False`` only the single-mask token is turned into a
 mask (SAM computes all four and slices one); the upscaling's channel LayerNorm as one ``F.layer_norm`` (float32

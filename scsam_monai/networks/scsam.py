@@ -96,7 +96,7 @@ class ScSAMHead(nn.Module):
         mae_channels: channels of the MAE embedding.
         canvas_size: side of the square encoder input the grid covers (1024 for SAM, 256 for "tiny").
         channels_last: run the fusion on channels-last tensors (a speed switch, same results; meant for cuDNN
-            with bf16/fp16; no gain measured on CPU, see ``benchmarks/README.md``).
+            with bf16/fp16).
 
     Example::
 

@@ -239,7 +239,7 @@ def test_a_rerun_with_other_weights_or_tiling_is_refused_naming_the_change(tmp_p
     with pytest.raises(StoreMismatchError, match="weights"):
         _run(other, stack, tmp_path / "out")
     with pytest.raises(StoreMismatchError, match="tiling"):
-        _run(model, stack, tmp_path / "out", tile_overlap=0.5)
+        _run(model, stack, tmp_path / "out", tile_overlap=0.25)
     with pytest.raises(StoreMismatchError, match="pixel_size"):
         _run(model, stack, tmp_path / "out", input_pixel_size=5.0)
 

@@ -18,19 +18,17 @@ import zarr
 
 from scsam_monai.bundle_command import bundle_command
 from scsam_monai.data.preprocessing import PIXEL_SIZE_KEY
-from scsam_monai.model import build_scsam
-from scsam_monai.synthetic import synthesize_slice, write_synthetic_dataset
+from scsam_monai.synthetic import synthesize_slice
+from tests.engines.test_whole_dataset import tiny_model
 from tests.helpers import run_bundle, run_command
 
 pytestmark = pytest.mark.slow
 
-CLASSES = ["background", "nucleus", "mitochondria", "granules"]
-
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, repo_root):
+def trained(tmp_path_factory, synthetic_dataset):
     work = tmp_path_factory.mktemp("pixel_size")
-    write_synthetic_dataset(work / "data", num_train=10, num_val=3, num_test=2, size=128, seed=11)
+    synthetic_dataset(work / "data", num_train=10, num_val=3, num_test=2, size=128, seed=11)
     overrides = {
         "dataset_dir": work / "data",
         "output_dir": work / "out",
@@ -50,13 +48,7 @@ def test_training_records_the_models_pixel_size_with_its_weights(trained):
 
 
 def _trained_model(work) -> torch.nn.Module:
-    model = build_scsam(
-        class_names=CLASSES,
-        sam_arch="tiny",
-        sam_allow_random_weights=True,
-        mae_arch="tiny",
-        mae_allow_random_weights=True,
-    )
+    model = tiny_model(None)  # the random tiny encoders the demo profile trained with
     model.load_state_dict(torch.load(work / "out" / "models" / "model.pt", weights_only=True))
     assert model.preprocessing.pixel_size == pytest.approx(4.0)
     return model.eval()

@@ -64,6 +64,7 @@ def test_model_zoo_ci_checks_pass_in_a_python_without_the_repository(packaged, t
         "CHECK verify_torchscript: EXCLUDED exclude_verify_torchscript_list",  # scripting fails, as declared
         "CHECK traced export (model card): PASS",
         "CHECK bundle stands alone: PASS",
+        "CHECK model card inference from the bundle folder: PASS",
         "PASS: every check passed or failed only as declared",
     )
     for step in steps:

@@ -335,6 +335,30 @@ def stands_alone(bundle: str) -> str:
     return "bundle_root '.'; data preparation runs from the bundle"
 
 
+def card_inference(bundle: str) -> str:
+    """The model card's inference command as a Zoo user types it in the bundle folder (tiny random encoders)."""
+    import subprocess
+    import tempfile
+
+    import numpy as np
+    import tifffile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        image = os.path.join(tmp, "slice.tif")
+        tifffile.imwrite(image, (np.random.default_rng(0).random((40, 56)) * 255).astype(np.uint8))
+        command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--meta_file", "configs/metadata.json"]
+        command += ["--config_file", "configs/inference.yaml", "--logging_file", "configs/logging.conf"]
+        command += ["--input", image, "--output_dir", tmp, "--tiny_random_encoders", "true"]
+        # "-m" puts the folder it runs in (the bundle) first on sys.path: the bundle's own package is imported
+        result = subprocess.run(command, cwd=bundle, capture_output=True, text=True, timeout=900)
+        if result.returncode != 0:
+            raise ValueError(f"exited with {result.returncode}: {(result.stdout + result.stderr)[-2000:]}")
+        label = tifffile.imread(os.path.join(tmp, "predictions", "slice_seg.tif"))
+        if label.shape != (40, 56):
+            raise ValueError(f"the label map has shape {label.shape}, not (40, 56).")
+    return "run inference from the bundle folder wrote predictions/slice_seg.tif (40 x 56)"
+
+
 # ---- stand-ins of the default architectures (random weights) ----------------------------------------------------
 
 
@@ -445,6 +469,7 @@ def run_tiny(report: Report, bundle: str, schema: str, model_info: str | None) -
     print(f"NOTE: {sam_encoder_scripting()}", flush=True)
     report.check("traced export (model card)", lambda: traced_export(bundle, (48, 64), **tiny))
     report.check("bundle stands alone", lambda: stands_alone(bundle))
+    report.check("model card inference from the bundle folder", lambda: card_inference(bundle))
 
 
 def run_default(report: Report, bundle: str, schema: str, model_info: str | None) -> None:
