@@ -52,6 +52,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scsam_monai.engines.tiling import Tiling
+
 __all__ = ["MEASUREMENTS", "WholeDatasetSizes", "FULL", "QUICK", "measure_whole_dataset", "markdown_lines", "main"]
 
 MEASUREMENTS = ("pipeline", "scaling", "rss")
@@ -114,11 +116,13 @@ QUICK = WholeDatasetSizes(
 """Smoke sizes: 4 tiles of 320^2, 4 one-tile slices on 2 ranks, RSS at 384^2 and at 1 and 4 slices of 256^2."""
 
 
-def tiles_per_slice(size: int, tile: int, overlap: float = 0.25) -> int:
-    """Tiles of a ``size`` x ``size`` slice at scale 1 (MONAI's sliding-window placement, as the product tiles)."""
+def tiles_per_slice(size: int, tile: int, overlap: float | None = None) -> int:
+    """Tiles of a ``size`` x ``size`` slice at scale 1 (MONAI's sliding-window placement, as the product tiles);
+    ``overlap`` None: the product's default."""
     if size <= tile:
         return 1
-    per_axis = math.ceil((size - tile) / max(1, int(tile * (1 - overlap)))) + 1
+    step = Tiling(tile).step if overlap is None else max(1, int(tile * (1 - overlap)))
+    per_axis = math.ceil((size - tile) / step) + 1
     return per_axis * per_axis
 
 

@@ -59,7 +59,7 @@ def test_two_tilings_offset_by_half_a_tile_agree(trained):
 
     ScSAM's class prompts are pooled over each tile, so a pixel's logits depend on its tile's content: the two
     grids cannot agree everywhere. With the default overlap (half a tile) the demo's model agrees on 0.98 of the
-    pixels (benchmarks/results/tiling_agreement_2026-12-06/ at 4,096²); a quarter-tile overlap gives 0.89.
+    pixels at 1,024² (benchmarks/results/tiling_agreement_2026-12-06/); a quarter-tile overlap gives 0.89.
     """
     from benchmarks.tiling_agreement import tiling_agreement
 
