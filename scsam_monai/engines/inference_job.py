@@ -382,9 +382,7 @@ def _segment_into_store(
 ) -> int:
     """The ranks write one OME-Zarr store, each its share of the slice groups; completed slices are skipped."""
     spacing = spacing_zyx(volume)
-    labels = list(class_names) if class_names else ["background", *names] if names else None
-    if labels is None:
-        labels = ["background", *[f"class{c + 1}" for c in range(_num_classes(model, None))]]
+    labels = list(class_names or ["background", *[f"class{c + 1}" for c in range(_num_classes(model, None))]])
     store = OmeZarrLabelStore.open(
         label_path,
         shape_zyx=volume.shape,

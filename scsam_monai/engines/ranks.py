@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from scsam_monai.atomic import atomic_write_text
 from scsam_monai.engines.distributed import DistributedError, destroy_distributed, distributed_device, init_distributed
 
 __all__ = ["RankFailure", "Ranks", "slice_groups", "weights_digest"]
@@ -108,9 +109,9 @@ class Ranks:
 class RankFailure:
     """A flag in the output store that stops every rank when one fails, with the failing rank's message.
 
-    A failing rank :meth:`raise_for` writes ``failed-rank<r>`` under the store's ``.scsam`` folder; the others
-    :meth:`check` it before every slice they write and stop, naming the rank and its message. Rank 0 clears old
-    flags when a run starts.
+    A failing rank writes its error (:meth:`record`) to ``failed-rank<r>`` under the store's ``.scsam`` folder;
+    the others :meth:`check` it before every slice they write and stop, naming the rank and its message. Rank 0
+    clears old flags when a run starts.
 
     Args:
         store: the output store (its ``.scsam`` folder holds the flags).
@@ -141,10 +142,6 @@ class RankFailure:
         if self.ranks.world <= 1 or (isinstance(error, DistributedError) and str(error).startswith("stopped:")):
             return
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            flag = self.folder / f"failed-rank{self.ranks.rank}"
-            temporary = flag.with_name(flag.name + ".tmp")
-            temporary.write_text(f"{type(error).__name__}: {error}")
-            os.replace(temporary, flag)
+            atomic_write_text(self.folder / f"failed-rank{self.ranks.rank}", f"{type(error).__name__}: {error}")
         except OSError as err:  # the original error matters more than the flag
             logger.warning("could not flag this rank's failure for the others (%s)", err)
