@@ -329,8 +329,9 @@ def _run(
         report["whole_dataset"] = measure_whole_dataset(
             quick=whole_dataset_quick,
             largest=whole_dataset_largest,
-            sam_arch=profile.sam_arch,
-            mae_arch=profile.mae_arch,
+            # the tiny profile: the section's own test encoders (benchmarks.whole_dataset.default_arch)
+            sam_arch=None if profile.sam_arch == "tiny" else profile.sam_arch,
+            mae_arch=None if profile.mae_arch == "tiny" else profile.mae_arch,
             sam_precision=sam_precision,
             sam_attention=sam_attention,
             threads=threads or 1,  # one torch thread unless asked: the ranks get one each

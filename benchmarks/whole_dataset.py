@@ -5,7 +5,9 @@ larger than the canvas (:mod:`scsam_monai.engines.tiling`), and ``--output_forma
 with a pyramid that several ``torchrun`` ranks write together. Three measurements of that path, each in fresh
 processes, on uint8 OME-Zarr inputs (chunks ``1 x 1024 x 1024``, the model's pixel size in their metadata, so the
 scale is 1 and every slice larger than the canvas is tiled), probabilities off, random weights (timings and memory
-do not depend on weight values):
+do not depend on weight values). The encoders are ``"tiny_1024"`` by default: SAM's 1024 canvas, so that a slice is
+cut into as many tiles as with ViT-B and the blending bands are as wide, at about the cost per tile of ``"tiny"``
+(whose 256 canvas would need 16 times the tiles: hours per measurement on a CPU).
 
 1. ``tiled_pipeline``: :func:`~scsam_monai.engines.inference_job.segment_inputs` (reading, normalising, tiling,
    Gaussian blending, label merging, pyramid and store writing) on a stack against the **model alone** on the same
@@ -54,7 +56,16 @@ import numpy as np
 
 from scsam_monai.engines.tiling import Tiling
 
-__all__ = ["MEASUREMENTS", "WholeDatasetSizes", "FULL", "QUICK", "measure_whole_dataset", "markdown_lines", "main"]
+__all__ = [
+    "MEASUREMENTS",
+    "WholeDatasetSizes",
+    "FULL",
+    "QUICK",
+    "default_arch",
+    "measure_whole_dataset",
+    "markdown_lines",
+    "main",
+]
 
 MEASUREMENTS = ("pipeline", "scaling", "rss")
 CLASS_NAMES = ["background", "nucleus", "mitochondria", "granules"]  # inference.yaml's
@@ -86,7 +97,7 @@ class WholeDatasetSizes:
     """
 
     pipeline_slices: int = 8
-    pipeline_size: int = 1024
+    pipeline_size: int = 2048
     pipeline_repeats: int = 2
     scaling_slices: int = 16
     scaling_size: int = 2048
@@ -114,6 +125,12 @@ QUICK = WholeDatasetSizes(
     batch_size=1,
 )
 """Smoke sizes: 4 tiles of 320^2, 4 one-tile slices on 2 ranks, RSS at 384^2 and at 1 and 4 slices of 256^2."""
+
+
+def default_arch(quick: bool) -> str:
+    """The encoders' architecture when none is given: ``"tiny_1024"``, ``"tiny"`` for the smoke sizes of ``quick``
+    (made for its 256 canvas)."""
+    return "tiny" if quick else "tiny_1024"
 
 
 def tiles_per_slice(size: int, tile: int, overlap: float | None = None) -> int:
@@ -519,8 +536,8 @@ def measure_whole_dataset(
     measurements: Sequence[str] = MEASUREMENTS,
     quick: bool = False,
     largest: bool = False,
-    sam_arch: str = "tiny",
-    mae_arch: str = "tiny",
+    sam_arch: str | None = None,
+    mae_arch: str | None = None,
     sam_precision: str = "auto",
     sam_attention: str = "fused",
     threads: int = 1,
@@ -534,8 +551,8 @@ def measure_whole_dataset(
         measurements: a subset of :data:`MEASUREMENTS`.
         quick: smoke sizes (:data:`QUICK`) instead of :data:`FULL`.
         largest: also the slow largest slice of the peak-RSS measurement (16384^2 unless quick).
-        sam_arch: SAM encoder architecture (random weights).
-        mae_arch: MAE encoder architecture (random weights).
+        sam_arch: SAM encoder architecture (random weights); None: :func:`default_arch`.
+        mae_arch: MAE encoder architecture (random weights); None: :func:`default_arch`.
         sam_precision: the SAM encoder's ``precision``.
         sam_attention: the SAM encoder's ``attention``.
         threads: torch threads of the pipeline and peak-RSS processes (the ranks always get 1 each).
@@ -553,8 +570,8 @@ def measure_whole_dataset(
         raise ValueError(f"unknown measurements {sorted(unknown)}, expected some of {MEASUREMENTS}.")
     sizes = sizes or (QUICK if quick else FULL)
     settings = {
-        "sam_arch": sam_arch,
-        "mae_arch": mae_arch,
+        "sam_arch": sam_arch or default_arch(quick),
+        "mae_arch": mae_arch or default_arch(quick),
         "sam_precision": sam_precision,
         "sam_attention": sam_attention,
         "threads": int(threads),
@@ -736,8 +753,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--measurements", default=",".join(MEASUREMENTS), help=f"a subset of {','.join(MEASUREMENTS)}")
     p.add_argument("--quick", action="store_true", help="smoke sizes (seconds; the numbers mean nothing)")
     p.add_argument("--largest", action="store_true", help="peak RSS also at 16384^2 (hours on 2 CPU cores)")
-    p.add_argument("--sam-arch", default="tiny")
-    p.add_argument("--mae-arch", default="tiny")
+    p.add_argument("--sam-arch", help="SAM architecture, random weights (default: tiny_1024; tiny with --quick)")
+    p.add_argument("--mae-arch", help="MAE architecture, random weights (default: tiny_1024; tiny with --quick)")
     p.add_argument("--sam-precision", default="auto")
     p.add_argument("--sam-attention", default="fused")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the pipeline and peak-RSS processes")

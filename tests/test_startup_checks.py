@@ -183,12 +183,15 @@ def test_checkpoint_listed_for_another_sam_architecture_is_refused(tmp_path):
     assert "is the vit_l SAM checkpoint but sam_arch is vit_b; set --sam_arch vit_l" in problem
 
 
-def test_official_sam_archs_are_the_encoder_architectures_but_the_test_only_tiny():
-    from scsam_monai.networks.encoders import SAM_ARCHITECTURES
+def test_official_sam_archs_are_the_encoder_architectures_but_the_test_only_ones():
+    from scsam_monai.networks.encoders import MAE_ARCHITECTURES, SAM_ARCHITECTURES, TEST_ARCHITECTURES
     from scsam_monai.startup_checks import SAM_ARCHS
 
     assert SAM_ARCHS == ("vit_b", "vit_l", "vit_h")
-    assert set(SAM_ARCHS) == set(SAM_ARCHITECTURES) - {"tiny"}
+    assert set(SAM_ARCHS) == set(SAM_ARCHITECTURES) - set(TEST_ARCHITECTURES)
+    assert set(TEST_ARCHITECTURES) <= set(MAE_ARCHITECTURES)  # each test SAM has its MAE of the same canvas
+    for name in TEST_ARCHITECTURES:
+        assert SAM_ARCHITECTURES[name]["img_size"] == MAE_ARCHITECTURES[name]["canvas"]
 
 
 def test_no_checkpoint_needs_random_weights_to_be_allowed(tmp_path):

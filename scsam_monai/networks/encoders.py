@@ -32,6 +32,7 @@ from scsam_monai.networks.sam_attention import SAM_ATTENTION_KINDS, sam_attentio
 __all__ = [
     "SAM_ARCHITECTURES",
     "MAE_ARCHITECTURES",
+    "TEST_ARCHITECTURES",
     "MAE_PIXEL_MEAN",
     "MAE_PIXEL_STD",
     "mae_architecture",
@@ -55,8 +56,11 @@ _SAM_COMMON = {
 
 #: Keyword arguments of ``segment_anything.modeling.ImageEncoderViT`` per architecture (``layer_norm_eps`` becomes
 #: ``norm_layer``). vit_b/l/h are exactly those of ``segment_anything.build_sam``; "tiny" (tests, CPU demo) keeps
-#: the 64x64 token grid and the 256x64x64 output with a 256 canvas, 4-pixel patches and two narrow blocks. Every
-#: name but "tiny" is an official SAM checkpoint's (``scsam_monai.startup_checks.SAM_ARCHS`` is derived from it).
+#: the 64x64 token grid and the 256x64x64 output with a 256 canvas, 4-pixel patches and two narrow blocks;
+#: "tiny_1024" has the same blocks on SAM's own 1024 canvas with 16-pixel patches, so that a slice is tiled as for
+#: ViT-B at about the cost per tile of "tiny" (benchmarks of whole slices). Every name but those of
+#: :data:`TEST_ARCHITECTURES` is an official SAM checkpoint's (``scsam_monai.startup_checks.SAM_ARCHS`` is derived
+#: from it).
 SAM_ARCHITECTURES: dict[str, dict] = {
     "vit_b": {**_SAM_COMMON, "embed_dim": 768, "depth": 12, "num_heads": 12, "global_attn_indexes": (2, 5, 8, 11)},
     "vit_l": {**_SAM_COMMON, "embed_dim": 1024, "depth": 24, "num_heads": 16, "global_attn_indexes": (5, 11, 17, 23)},
@@ -71,7 +75,18 @@ SAM_ARCHITECTURES: dict[str, dict] = {
         "num_heads": 2,
         "global_attn_indexes": (1,),
     },
+    "tiny_1024": {
+        **_SAM_COMMON,
+        "window_size": 8,
+        "embed_dim": 64,
+        "depth": 2,
+        "num_heads": 2,
+        "global_attn_indexes": (1,),
+    },
 }
+
+#: Architectures with random weights only, for tests, the CPU demo and benchmarks: no checkpoint exists for them.
+TEST_ARCHITECTURES = ("tiny", "tiny_1024")
 
 #: MAE ViT encoders (timm ``VisionTransformer``, one input channel, class token). ``fov`` is the pre-training field
 #: of view (the position embeddings' grid is ``fov / patch_size``, interpolated to ``tile_size / patch_size`` when
@@ -79,7 +94,8 @@ SAM_ARCHITECTURES: dict[str, dict] = {
 #: batch and stitched by position. "mae_vit_512" follows the paper (field of view 256, patch 16, width 512); the
 #: paper does not state depth and heads, so 8 blocks of 16 heads are used (the widths of MAE's standard 512-wide
 #: transformer); a checkpoint of another depth fails to load with a clear error. "tiny" (tests, CPU demo) keeps
-#: the width 512 and the 64x64 token grid with a 256 canvas and 4-pixel patches.
+#: the width 512 and the 64x64 token grid with a 256 canvas and 4-pixel patches; "tiny_1024" the same block on the
+#: 1024 canvas with the paper's patches, tiles and field of view.
 MAE_ARCHITECTURES: dict[str, dict] = {
     "mae_vit_512": {
         "canvas": 1024,
@@ -96,6 +112,16 @@ MAE_ARCHITECTURES: dict[str, dict] = {
         "tile_size": 128,
         "fov": 64,
         "patch_size": 4,
+        "embed_dim": 512,
+        "depth": 1,
+        "num_heads": 4,
+        "mlp_ratio": 4.0,
+    },
+    "tiny_1024": {
+        "canvas": 1024,
+        "tile_size": 512,
+        "fov": 256,
+        "patch_size": 16,
         "embed_dim": 512,
         "depth": 1,
         "num_heads": 4,
@@ -417,7 +443,7 @@ class FrozenSamEncoder(_FrozenEncoder):
         """
         setting, device_type = self.compile_setting, torch.device(device).type
         if setting == "auto":
-            setting = device_type == "cpu" and self.arch != "tiny"
+            setting = device_type == "cpu" and self.arch not in TEST_ARCHITECTURES
         if setting is False or setting in ("false", "none", "off", ""):
             return None
         if setting is True or setting in ("true", "default"):

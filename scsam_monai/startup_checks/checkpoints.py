@@ -13,16 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from scsam_monai.hashing import sha256_file
-from scsam_monai.networks.encoders import SAM_ARCHITECTURES
+from scsam_monai.networks.encoders import SAM_ARCHITECTURES, TEST_ARCHITECTURES
 from scsam_monai.startup_checks.errors import ConfigValidationError
 
 __all__ = ["SAM_ARCHS", "read_large_files", "check_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
-SAM_ARCHS = tuple(name for name in SAM_ARCHITECTURES if name != "tiny")
+SAM_ARCHS = tuple(name for name in SAM_ARCHITECTURES if name not in TEST_ARCHITECTURES)
 """The official SAM architectures, as named in the checkpoint files: those of ``SAM_ARCHITECTURES`` but the
-test-only ``"tiny"`` (vit_b, vit_l, vit_h)."""
+test-only ones (vit_b, vit_l, vit_h)."""
 
 
 def read_large_files(path: str | Path) -> list[dict[str, Any]]:

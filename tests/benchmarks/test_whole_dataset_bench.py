@@ -103,9 +103,21 @@ def test_the_section_of_scripts_benchmark_reports_it_with_its_targets(quick, tmp
     monkeypatch.setattr(run_module, "measure_whole_dataset", measured)
     args = ["--profile", "tiny", "--out", str(tmp_path), "--device", "cpu", "--sections", "whole_dataset", "--quick"]
     assert benchmark_main(args) == 0
-    assert asked["quick"] is True and asked["threads"] == 1 and asked["sam_arch"] == "tiny"
+    # the tiny profile leaves the architecture to the section (its test encoders on SAM's canvas unless quick)
+    assert asked["quick"] is True and asked["threads"] == 1 and asked["sam_arch"] is None
     report = json.loads((tmp_path / "benchmark.json").read_text())
     assert report["ratios"]["tiled_pipeline_over_model"] == result["ratios"]["tiled_pipeline_over_model"]
     assert report["targets"]["two_ranks_over_one"]["target"] == ">= 1.6"
     markdown = (tmp_path / "benchmark.md").read_text()
     assert "## Whole datasets" in markdown and "\n".join(markdown_lines(report["whole_dataset"])) in markdown
+
+
+def test_full_sizes_tile_every_measured_slice_on_the_default_canvas():
+    """The full sizes tile on the default encoders' 1024 canvas (as ViT-B would), and the smoke sizes on tiny's 256."""
+    from benchmarks.whole_dataset import FULL, QUICK, _canvas, default_arch, tiles_per_slice
+
+    full_canvas = _canvas({"sam_arch": default_arch(quick=False)})
+    assert full_canvas == 1024 and _canvas({"sam_arch": default_arch(quick=True)}) == 256
+    for size in (FULL.pipeline_size, FULL.scaling_size, *FULL.rss_sizes, FULL.rss_largest):
+        assert tiles_per_slice(size, full_canvas) > 1, size
+    assert tiles_per_slice(QUICK.pipeline_size, 256) > 1

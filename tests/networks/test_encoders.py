@@ -95,6 +95,18 @@ def test_tiny_architectures_keep_the_embedding_grid(sam, mae):
     assert MAE_ARCHITECTURES["mae_vit_512"]["canvas"] // MAE_ARCHITECTURES["mae_vit_512"]["patch_size"] == 64
 
 
+def test_the_tiny_encoders_on_sams_canvas_give_the_full_size_grids():
+    """``tiny_1024``: tiny blocks on the 1024 canvas, the same embeddings as ViT-B and the paper's MAE give."""
+    sam = FrozenSamEncoder(arch="tiny_1024", allow_random_weights=True)
+    mae = FrozenMaeEncoder(arch="tiny_1024", allow_random_weights=True)
+    assert sam.img_size == mae.img_size == 1024 and mae.tile_size == 512
+    image = torch.rand(1, 1, 700, 1024)
+    with torch.no_grad():
+        assert sam(image).shape == (1, *sam.embedding_shape) == (1, 256, 64, 64)
+        assert mae(image).shape == (1, *mae.embedding_shape) == (1, 512, 64, 64)
+    assert sam.compile_options("cpu") is None  # a test architecture runs eagerly, as "tiny" does
+
+
 # ------------------------------------------------------------------------------------------------- shapes
 
 
