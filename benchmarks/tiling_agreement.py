@@ -6,6 +6,13 @@ one seed per cell) in canvas-sized tiles blended with Gaussian weights
 in; the share of the shared pixels with the same label is the agreement (target: at least 0.99). Both tilings see
 the same normalised slice.
 
+When the offset is a multiple of the tiling's step (half a tile with the default overlap of half a tile), the second
+grid's tiles are the first grid's tiles but those of its first row and column: the pixels differ only near that
+edge, and the agreement measures the edge alone (``shared_tiles`` true). An offset between the steps (``--offset``,
+e.g. a quarter tile) cuts every tile differently and measures how much a pixel's label depends on the tile around
+it: ScSAM pools its class prompts over the whole tile (the sparse prompt tokens are a learned reduction over all
+positions, and the fusion module's channel attention pools the tile), so the two grids cannot agree everywhere.
+
 Run (the demo's model, after ``bash scripts/demo.sh``)::
 
     python -m benchmarks.tiling_agreement --model outputs/demo/models/model.pt \\
@@ -45,20 +52,23 @@ def demo_mosaic(size: int, cell: int = 256) -> np.ndarray:
 
 
 def tiling_agreement(
-    model: torch.nn.Module, size: int, *, overlap: float = 0.25, batch_size: int = 8
-) -> dict[str, float | int]:
-    """Agreement of two tilings (offset by half a tile) of a ``size``-pixel demo mosaic, and what it took.
+    model: torch.nn.Module, size: int, *, overlap: float = 0.5, offset: int | None = None, batch_size: int = 8
+) -> dict[str, float | int | bool]:
+    """Agreement of two tilings (the second ``offset`` pixels in) of a ``size``-pixel demo mosaic, and what it took.
 
     Args:
         model: the image-in ScSAM (``fit_to_canvas=False`` segments a tile at its own pixel size).
         size: side of the mosaic (a multiple of 256).
         overlap: tile overlap of both tilings.
+        offset: pixels between the two grids along each axis; None: half a tile.
         batch_size: tiles per model call.
     """
     canvas = int(model.canvas_size)
     image = model.preprocessing.normalizer(None)(demo_mosaic(size))  # one normalisation for both tilings
     tiling = Tiling(canvas, overlap, batch_size=batch_size)
-    shift = canvas // 2
+    shift = canvas // 2 if offset is None else int(offset)
+    if not 0 < shift < size - canvas:
+        raise ValueError(f"offset must be in (0, {size - canvas}) for a {size}-pixel mosaic, got {shift}.")
 
     def run(part: np.ndarray) -> np.ndarray:
         labels, _ = segment_tiled(lambda x: model(x, fit_to_canvas=False), part, tiling=tiling, scale=1.0)
@@ -74,6 +84,8 @@ def tiling_agreement(
         "tile": canvas,
         "offset": shift,
         "overlap": overlap,
+        "step": tiling.step,
+        "shared_tiles": shift % tiling.step == 0,
         "foreground_share": float((whole > 0).mean()),
         "classes_found": int(len(np.unique(whole))),
         "seconds": round(seconds, 1),
@@ -86,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="trained head weights (models/model.pt) of the tiny profile")
     p.add_argument("--mae-checkpoint", help="the MAE encoder the head was trained with (default: random tiny)")
     p.add_argument("--size", type=int, default=4096)
-    p.add_argument("--overlap", type=float, default=0.25)
+    p.add_argument("--overlap", type=float, default=0.5)
+    p.add_argument("--offset", type=int, help="pixels between the two grids (default: half a tile)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int)
     p.add_argument("--out", required=True)
@@ -102,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         mae_allow_random_weights=args.mae_checkpoint is None,
     )
     model.load_state_dict(torch.load(args.model, map_location="cpu", weights_only=True))
-    result = tiling_agreement(model.eval(), args.size, overlap=args.overlap, batch_size=args.batch_size)
+    result = tiling_agreement(
+        model.eval(), args.size, overlap=args.overlap, offset=args.offset, batch_size=args.batch_size
+    )
     result.update(
         model=str(args.model),
         model_sha256=sha256_file(args.model),
@@ -119,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         out / "tiling_agreement.md",
         f"# Two tilings offset by half a tile ({result['date']})\n\n`{result['command']}`\n\n"
         f"A {args.size}² mosaic of the demo generator's slices, tiles of {result['tile']} pixels (overlap "
-        f"{args.overlap}), the second tiling {result['offset']} pixels in: **{result['agreement']:.4f}** of the "
+        f"{args.overlap}, step {result['step']}), the second tiling {result['offset']} pixels in"
+        + (" (a multiple of the step: the grids share their inner tiles)" if result["shared_tiles"] else "")
+        + f": **{result['agreement']:.4f}** of the "
         f"shared pixels have the same label (target >= 0.99); {result['classes_found']} label values, "
         f"{result['foreground_share']:.3f} foreground, {result['seconds']} s for both tilings "
         f"({result['threads']} threads).\n",
