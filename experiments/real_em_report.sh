@@ -8,8 +8,8 @@
 #   2. pre-trains the tiny MAE on the prepared training + validation sections only (pretrain_real_em.yaml: the
 #      datalist's training and validation images as the experiments see them, never a test section) into OUT/mae
 #      (encoder: OUT/mae/mae_encoder.pth, loss curve: OUT/mae/mae_loss.png, log: OUT/mae_pretraining.log), beside
-#      the row groups that do not embed with it, which run at a lower CPU priority meanwhile; the groups with
-#      ScSAM or MAE* start when it has finished;
+#      the row groups that do not embed with it, which start at a lower CPU priority (niceness 10, kept to their
+#      end: a process cannot raise its priority again); the groups with ScSAM or MAE* start when it has finished;
 #   3. runs scripts/run_experiments.py --profile small for the rows ScSAM, SAM*, MAE*, MAE* (random MAE), UNet and
 #      DynUNet once per seed, one process per row group into OUT/seed_<k>/<group> (results.csv/.md/.json,
 #      learning_curves.png, qualitative.png, runs/<method>/row.json and training_budget.json);
@@ -64,8 +64,8 @@ embeds_with_mae() {  # ROWS (comma- or space-separated): whether one of them is 
   return 1
 }
 # Pre-training runs beside the row groups that do not embed with it (SAM*, MAE* (random MAE), UNet, DynUNet), which
-# run at a lower CPU priority meanwhile: it is on the critical path of the groups with ScSAM or MAE*, which start
-# when it has finished.
+# start at a lower CPU priority (and keep it to their end: an unprivileged process cannot raise its priority again):
+# it is on the critical path of the groups with ScSAM or MAE*, which start when it has finished.
 mae_final="$OUT/mae/checkpoints/mae_checkpoint_final.pt"
 pretrain_pid=""
 if ! embeds_with_mae "$ROW_GROUPS"; then

@@ -106,7 +106,7 @@ PROFILES: dict[str, ExperimentProfile] = {
     for profile in (
         ExperimentProfile(
             name="tiny",
-            max_items={"training": 4, "validation": 2, "test": 3},
+            max_items={"training": 2, "validation": 2, "test": 2},
             qualitative=2,
             budget_per_slice=4,  # ScSAM rows: 2 epochs of 2 views; supervised rows: 4 epochs
             patience=0,

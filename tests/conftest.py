@@ -49,3 +49,30 @@ def synthetic_dataset(tmp_path_factory) -> Callable[..., Path]:
         return Path(shutil.copytree(written[key], dest))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_demo_bundle(tmp_path_factory, synthetic_dataset) -> tuple[Path, dict, object]:
+    """The bundle's ``training`` on the demo profile, run once a session for every test that needs a trained head.
+
+    A small synthetic set (10 training, 3 validation, 2 test slices of 128 pixels) declared to be at 8 nm, 6 short
+    epochs of the tiny random-weight encoders. The 128-pixel slices fill the 256-pixel canvas, so the weights record
+    a model pixel size of 4 nm. Returns ``(work, overrides, result)``: the folder the run used (``work/data``, the
+    outputs in ``work/out``), the overrides it ran with (later runs pass them on) and its completed process. Tests
+    read ``work/out/models``; they write their own outputs elsewhere or under names no other test reads.
+    """
+    from tests.helpers import run_bundle
+
+    work = tmp_path_factory.mktemp("trained_bundle")
+    synthetic_dataset(work / "data", num_train=10, num_val=3, num_test=2, size=128, seed=11)  # its embedding cache
+    overrides = {
+        "dataset_dir": work / "data",
+        "output_dir": work / "out",
+        "views_per_image": 1,
+        "train#batch_size": 2,
+        "train#trainer#max_epochs": 6,
+        "learning_rate": 0.001,
+        "pixel_size": 8,  # nm per pixel of the 128-pixel training slices
+    }
+    result = run_bundle("training", ["train.yaml", "demo.yaml"], overrides, cwd=work)
+    return work, overrides, result

@@ -48,8 +48,10 @@ def test_a_tile_context_model_disagrees_more_where_the_grids_cut_every_tile_diff
     cut = tiling_agreement(model, 512, overlap=0.5, offset=16, batch_size=16)  # half a step: every tile differs
     assert shared["shared_tiles"] and not cut["shared_tiles"]
     assert cut["agreement"] < shared["agreement"] < 1.0, (cut, shared)
+    # beyond the first tile row and column, grids sharing their tiles blend the same tiles: the same labels
+    assert shared["interior_agreement"] == 1.0 and cut["interior_agreement"] < 0.99, (cut, shared)
 
 
 def test_an_offset_outside_the_mosaic_is_refused():
     with pytest.raises(ValueError, match="offset must be in"):
-        tiling_agreement(_Model(pixelwise=True), 256, offset=256 - CANVAS)
+        tiling_agreement(_Model(pixelwise=True), 256, offset=256 - 2 * CANVAS)

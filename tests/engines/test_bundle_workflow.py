@@ -20,19 +20,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, synthetic_dataset):
-    work = tmp_path_factory.mktemp("bundle")
-    synthetic_dataset(work / "data", num_train=10, num_val=3, num_test=2, size=128, seed=11)  # its embedding cache
-    overrides = {
-        "dataset_dir": work / "data",
-        "output_dir": work / "out",
-        "views_per_image": 1,
-        "train#batch_size": 2,
-        "train#trainer#max_epochs": 6,
-        "learning_rate": 0.001,
-    }
-    train = run_bundle("training", ["train.yaml", "demo.yaml"], overrides, cwd=work)
-    return work, overrides, train
+def trained(trained_demo_bundle):
+    return trained_demo_bundle
 
 
 def test_training_saves_model_and_improves_validation_dice(trained):
@@ -103,7 +92,9 @@ def _foreground_dice(predictions: list[np.ndarray], labels: list[np.ndarray]) ->
 
 def test_inference_writes_label_maps_at_image_size_that_find_the_organelles(trained):
     work, overrides, _ = trained
-    run_bundle("inference", ["train.yaml", "inference.yaml", "demo.yaml"], overrides, cwd=work)
+    # the synthetic slices carry no pixel size: the one training was told (the model's own would halve them)
+    infer = {**overrides, "input_pixel_size": overrides["pixel_size"]}
+    run_bundle("inference", ["train.yaml", "inference.yaml", "demo.yaml"], infer, cwd=work)
     predictions = sorted((work / "out" / "predictions").glob("*_seg.tif"))
     assert [p.name for p in predictions] == ["test_000_seg.tif", "test_001_seg.tif"]
     labels = [tifffile.imread(p) for p in predictions]

@@ -20,24 +20,14 @@ from scsam_monai.bundle_command import bundle_command
 from scsam_monai.data.preprocessing import PIXEL_SIZE_KEY
 from scsam_monai.synthetic import synthesize_slice
 from tests.engines.test_whole_dataset import tiny_model
-from tests.helpers import run_bundle, run_command
+from tests.helpers import run_command
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, synthetic_dataset):
-    work = tmp_path_factory.mktemp("pixel_size")
-    synthetic_dataset(work / "data", num_train=10, num_val=3, num_test=2, size=128, seed=11)
-    overrides = {
-        "dataset_dir": work / "data",
-        "output_dir": work / "out",
-        "views_per_image": 1,
-        "train#batch_size": 2,
-        "train#trainer#max_epochs": 6,
-        "pixel_size": 8,  # nm per pixel of the 128-pixel training slices
-    }
-    run_bundle("training", ["train.yaml", "demo.yaml"], overrides, cwd=work)
+def trained(trained_demo_bundle):
+    work, overrides, _ = trained_demo_bundle
     return work, overrides
 
 
@@ -55,24 +45,26 @@ def _trained_model(work) -> torch.nn.Module:
 
 
 def test_two_tilings_offset_by_half_a_tile_agree(trained):
-    """The trained model on a 1,024² mosaic of the demo generator's slices: tiles of 256, the second grid 128 in.
+    """The trained model on a 768² mosaic of the demo generator's slices: tiles of 256, the second grid 128 in.
 
     With the default overlap, 128 pixels is one tiling step: the second grid's tiles are the first grid's but those
     of its first row and column, so the labels may differ only near that edge (the blending there has one tile
-    fewer). benchmarks/tiling_agreement.py measures grids that cut every tile differently as well.
+    fewer) and agree beyond it. benchmarks/tiling_agreement.py measures grids that cut every tile differently too.
     """
     from benchmarks.tiling_agreement import tiling_agreement
 
     work, _ = trained
-    result = tiling_agreement(_trained_model(work), 1024, overlap=0.5)
-    assert result["shared_tiles"] and result["agreement"] >= 0.97, result
+    result = tiling_agreement(_trained_model(work), 768, overlap=0.5)
+    assert result["shared_tiles"] and result["interior_agreement"] >= 0.999, result
+    assert result["agreement"] >= 0.95, result
     assert result["classes_found"] > 2  # it segments something, not one class everywhere
 
 
 def test_torchrun_two_ranks_write_the_one_rank_labels_and_the_input_wins_over_infer_split(trained, tmp_path):
     work, overrides = trained
     rng = np.random.default_rng(3)
-    stack = np.stack([synthesize_slice((300, 560), seed=int(s))[0] for s in rng.integers(0, 1000, 5)])
+    # 3 slices of 6 tiles each at the model's 4 nm: the ranks split them 2 + 1
+    stack = np.stack([synthesize_slice((300, 400), seed=int(s))[0] for s in rng.integers(0, 1000, 3)])
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, stack, imagej=True, resolution=(250.0, 250.0), metadata={"unit": "um", "axes": "ZYX"})
     configs = ["train.yaml", "inference.yaml", "demo.yaml"]
@@ -91,6 +83,6 @@ def test_torchrun_two_ranks_write_the_one_rank_labels_and_the_input_wins_over_in
     one = zarr.open_group(str(tmp_path / "one" / "stack_seg.zarr"), mode="r")
     two = zarr.open_group(str(tmp_path / "two" / "stack_seg.zarr"), mode="r")
     np.testing.assert_array_equal(one["0"][:], two["0"][:])
-    assert two["0"].shape == stack.shape
+    assert two["0"].shape == stack.shape and len(np.unique(two["0"][:])) > 2  # labels, not one class everywhere
     assert not list((tmp_path / "two").glob("test_*"))  # the datalist's test split was not segmented
     assert "infer_split" in log

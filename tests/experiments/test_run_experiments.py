@@ -98,7 +98,8 @@ def test_each_row_saves_config_seed_curve_and_command(experiments):
             # the same budget of samples for every row: ScSAM rows see 2 cached views per slice per epoch,
             # supervised rows one, so they run twice the epochs and validate every second one
             assert record["curve"]["epoch"] == ([0, 1, 2] if record["kind"] == "scsam" else [0, 2, 4])
-            assert record["curve"]["samples"] == [0, 8, 16] and record["samples_seen"] == record["budget_samples"] == 16
+            # 2 training slices x 4 samples per slice
+            assert record["curve"]["samples"] == [0, 4, 8] and record["samples_seen"] == record["budget_samples"] == 8
             assert (run / "training_budget.json").is_file() and (run / "models" / "model.pt").is_file()
 
 
