@@ -138,7 +138,7 @@ def tiles_per_slice(size: int, tile: int, overlap: float | None = None) -> int:
     ``overlap`` None: the product's default."""
     if size <= tile:
         return 1
-    step = Tiling(tile).step if overlap is None else max(1, int(tile * (1 - overlap)))
+    step = (Tiling(tile) if overlap is None else Tiling(tile, overlap)).step
     per_axis = math.ceil((size - tile) / step) + 1
     return per_axis * per_axis
 

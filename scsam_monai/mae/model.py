@@ -44,8 +44,8 @@ PIXEL_TARGETS = (True, False, "mean")
 MAE_DECODERS: dict[str, dict[str, int]] = {
     "mae_vit_512": {"decoder_embed_dim": 256, "decoder_depth": 4, "decoder_num_heads": 8},
     "tiny": {"decoder_embed_dim": 128, "decoder_depth": 1, "decoder_num_heads": 4},
-    "tiny_1024": {"decoder_embed_dim": 128, "decoder_depth": 1, "decoder_num_heads": 4},
 }
+MAE_DECODERS["tiny_1024"] = MAE_DECODERS["tiny"]  # the same encoder block on the paper's canvas
 
 
 def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:

@@ -75,15 +75,8 @@ SAM_ARCHITECTURES: dict[str, dict] = {
         "num_heads": 2,
         "global_attn_indexes": (1,),
     },
-    "tiny_1024": {
-        **_SAM_COMMON,
-        "window_size": 8,
-        "embed_dim": 64,
-        "depth": 2,
-        "num_heads": 2,
-        "global_attn_indexes": (1,),
-    },
 }
+SAM_ARCHITECTURES["tiny_1024"] = {**SAM_ARCHITECTURES["tiny"], "img_size": 1024, "patch_size": 16}
 
 #: Architectures with random weights only, for tests, the CPU demo and benchmarks: no checkpoint exists for them.
 TEST_ARCHITECTURES = ("tiny", "tiny_1024")
@@ -117,16 +110,10 @@ MAE_ARCHITECTURES: dict[str, dict] = {
         "num_heads": 4,
         "mlp_ratio": 4.0,
     },
-    "tiny_1024": {
-        "canvas": 1024,
-        "tile_size": 512,
-        "fov": 256,
-        "patch_size": 16,
-        "embed_dim": 512,
-        "depth": 1,
-        "num_heads": 4,
-        "mlp_ratio": 4.0,
-    },
+}
+MAE_ARCHITECTURES["tiny_1024"] = {
+    **MAE_ARCHITECTURES["tiny"],
+    **{key: MAE_ARCHITECTURES["mae_vit_512"][key] for key in ("canvas", "tile_size", "fov", "patch_size")},
 }
 
 #: Intensity normalisation of the MAE, ``(x - mean) / std`` on [0, 1] intensities, in pre-training and embedding.
