@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-timeout", type=float, help="seconds before the memory child process is stopped")
     w = p.add_argument_group("whole_dataset section (benchmarks/whole_dataset.py)")
     w.add_argument("--quick", action="store_true", help="smoke sizes (seconds; the numbers mean nothing)")
-    w.add_argument("--largest", action="store_true", help="peak RSS also at a 16384^2 slice (hours on 2 CPU cores)")
+    w.add_argument("--largest", action="store_true", help="peak RSS also at a 16384^2 slice (half an hour, 2 CPUs)")
     return p
 
 

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         f"shared pixels have the same label (target >= 0.99), {result['interior_agreement']:.4f} beyond the second "
         f"grid's first tile row and column; {result['classes_found']} label values, "
         f"{result['foreground_share']:.3f} foreground, {result['seconds']} s for both tilings "
-        f"({result['threads']} threads).\n",
+        f"({result['threads']} thread{'s' if result['threads'] != 1 else ''}).\n",
     )
     print(json.dumps(result, indent=1))
     return 0

@@ -752,7 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (whole_dataset.json, whole_dataset.md)")
     p.add_argument("--measurements", default=",".join(MEASUREMENTS), help=f"a subset of {','.join(MEASUREMENTS)}")
     p.add_argument("--quick", action="store_true", help="smoke sizes (seconds; the numbers mean nothing)")
-    p.add_argument("--largest", action="store_true", help="peak RSS also at 16384^2 (hours on 2 CPU cores)")
+    p.add_argument("--largest", action="store_true", help="peak RSS also at 16384^2 (half an hour on 2 CPUs)")
     p.add_argument("--sam-arch", help="SAM architecture, random weights (default: tiny_1024; tiny with --quick)")
     p.add_argument("--mae-arch", help="MAE architecture, random weights (default: tiny_1024; tiny with --quick)")
     p.add_argument("--sam-precision", default="auto")

@@ -31,9 +31,10 @@ own values (one pass, identical results).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -289,7 +290,19 @@ def normalize_slice(image: np.ndarray, window: IntensityWindow | None = None, dt
 
 def _per_image(image: np.ndarray) -> np.ndarray:
     """MONAI's ``ScaleIntensityRangePercentiles(0.5, 99.5, b_min=0, b_max=1, clip=True)`` on a float32 array."""
-    low, high = (np.float32(v) for v in np.percentile(image, PER_IMAGE_PERCENTILES))
+    return _scale_per_image(image, *_per_image_bounds(image))
+
+
+def _per_image_bounds(image: np.ndarray, *, overwrite: bool = False) -> tuple[np.float32, np.float32]:
+    """The float32 percentiles :func:`_per_image` scales ``image`` (float32) by; ``overwrite``: partition ``image``
+    in place (a copy the caller throws away) instead of copying it once more."""
+    low, high = np.percentile(image, PER_IMAGE_PERCENTILES, overwrite_input=overwrite)
+    return np.float32(low), np.float32(high)
+
+
+def _scale_per_image(image: np.ndarray, low: np.float32, high: np.float32) -> np.ndarray:
+    """:func:`_per_image`'s elementwise scaling, in float32, of a slice or any part of it."""
+    image = np.asarray(image, dtype=np.float32)
     if high - low == 0:  # MONAI: "Divide by zero (a_min == a_max)" returns the shifted image, unscaled, unclipped
         return image - low
     return np.clip((image - low) / (high - low), np.float32(0.0), np.float32(1.0))
@@ -319,6 +332,18 @@ class SliceNormalizer:
             values = codes.view(np.bool_ if dtype.kind == "b" else dtype.newbyteorder("="))
             self._tables[dtype] = normalize_slice(values, self.window)
         return self._tables[dtype]
+
+    def for_bands(self, image: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        """An elementwise map that normalises any band of ``image``'s rows to exactly the values ``self(image)``
+        gives them, so that a large slice is normalised a band at a time, kept in its own dtype until then.
+
+        With a volume window, this normaliser itself. Per image, the slice's percentiles are measured first, on
+        one float32 copy partitioned in place and freed at once.
+        """
+        if self.window is not None:
+            return self
+        bounds = _per_image_bounds(np.array(image, dtype=np.float32), overwrite=True)
+        return partial(_scale_per_image, low=bounds[0], high=bounds[1])
 
     def __call__(self, image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The normalised slice (float32, ``image``'s shape), written into ``out`` when given."""

@@ -7,12 +7,12 @@ segments it in overlapping canvas-sized tiles whose class logits are blended wit
 where the model sees least context, count least), then brings the logits back to the input grid and merges them
 into a label map exactly as :func:`~scsam_monai.engines.volume_inference.segment_slices` does.
 
-Tile placement and weights are those of MONAI's ``SlidingWindowInferer(mode="gaussian")``, but memory is not:
-MONAI keeps float32 sums for the whole slice (4 GiB for a 16,384² slice with 3 classes). Here the slice is
-processed in bands of one tile row: weighted sums are kept only for the rows the current tile row touches, and rows
-are finished (resampled back, merged into labels) as soon as no later tile touches them. The input is resampled
-band by band too, so beside the ``(H, W)`` label map (and the probabilities, when asked for) the extra memory is
-``O(C * tile * W)`` float32, whatever the height of the slice.
+Tile placement and weights are those of MONAI's ``SlidingWindowInferer(mode="gaussian")``, but memory is not: MONAI
+keeps float32 sums for the whole slice (4 GiB for a 16,384² slice with 3 classes). Here the slice is processed in
+bands of one tile row: weighted sums are kept only for the rows the current tile row touches, and rows are finished
+(resampled back, merged into labels) as soon as no later tile touches them. The input is read, normalised
+(``normalize``) and resampled band by band too, so beside the ``(H, W)`` label map (and the probabilities, when
+asked for) the extra memory is ``O(C * tile * W)`` float32, whatever the height of the slice.
 
 Example::
 
@@ -196,11 +196,18 @@ def _as_2d_image(image: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
 class _ModelGridRows:
     """Rows of the slice on the model's grid, resampled on demand so that the resampled slice never exists whole.
 
-    Bilinear (antialiased when shrinking), as ``F.interpolate`` of the whole slice would resample it.
+    Bilinear (antialiased when shrinking), as ``F.interpolate`` of the whole slice would resample it. ``normalize``
+    (elementwise) is applied to each band of input rows as it is read.
     """
 
-    def __init__(self, image: np.ndarray | torch.Tensor, shape: tuple[int, int], device: torch.device) -> None:
-        self.image, self.shape, self.device = image, shape, device
+    def __init__(
+        self,
+        image: np.ndarray | torch.Tensor,
+        shape: tuple[int, int],
+        device: torch.device,
+        normalize: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        self.image, self.shape, self.device, self.normalize = image, shape, device, normalize
         height, width = image.shape
         self.resampled = shape != (height, width)
         self.antialias = shape[0] < height or shape[1] < width
@@ -209,6 +216,9 @@ class _ModelGridRows:
 
     def _source(self, start: int, stop: int) -> torch.Tensor:
         part = self.image[start:stop]
+        if self.normalize is not None:  # a new float32 band: no second copy
+            raw = part.numpy(force=True) if isinstance(part, torch.Tensor) else np.asarray(part)
+            return torch.as_tensor(np.asarray(self.normalize(raw), dtype=np.float32), device=self.device)
         if isinstance(part, torch.Tensor):
             return part.to(device=self.device, dtype=torch.float32)
         return torch.from_numpy(np.array(part, dtype=np.float32)).to(self.device)
@@ -329,6 +339,7 @@ def _class_logit_bands(
     device: torch.device | str = "cpu",
     autocast: contextlib.AbstractContextManager | None = None,
     probe: dict | None = None,
+    normalize: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Blended class logits on the input grid, in consecutive row bands ``(first row, (C, n, W))`` on ``device``.
 
@@ -340,7 +351,7 @@ def _class_logit_bands(
     image = _as_2d_image(image)
     height, width = (int(v) for v in image.shape)
     shape = resampled_shape((height, width), scale)
-    rows = _ModelGridRows(image, shape, torch.device(device))
+    rows = _ModelGridRows(image, shape, torch.device(device), normalize)
     bands = _blended_bands(model, rows, tiling, autocast or contextlib.nullcontext(), probe)
     if shape == (height, width):
         yield from bands
@@ -364,6 +375,7 @@ def segment_tiled(
     autocast: contextlib.AbstractContextManager | None = None,
     threshold: float = 0.5,
     probabilities: bool = False,
+    normalize: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Segment one slice at the model's pixel size, in overlapping tiles when it is larger than the canvas.
 
@@ -376,14 +388,17 @@ def segment_tiled(
     Args:
         model: ``(b, 1, h, w)`` float32 in [0, 1] -> ``(b, 1 + C, h, w)`` logits, channel 0 the background (a
             :class:`~scsam_monai.networks.scsam.ScSAM` in eval mode, already on ``device``).
-        image: the slice ``(H, W)``, normalised to [0, 1], on the input grid (a memory-mapped array is read a
-            band at a time).
+        image: the slice ``(H, W)`` on the input grid, normalised to [0, 1] unless ``normalize`` is given (a
+            memory-mapped array is read a band at a time).
         tiling: tile size (the model's canvas), overlap, Gaussian sigma and tiles per model call.
         scale: input pixel size / model pixel size (1.0: segment the slice as it is).
         device: where the tiles go and the blending runs.
         autocast: a re-enterable context manager (``torch.autocast``) entered around each model call.
         threshold: sigmoid probability a class needs to win a pixel.
         probabilities: also return the per-class sigmoid probabilities.
+        normalize: an elementwise map of raw intensities to float32 [0, 1] (a volume's
+            :class:`~scsam_monai.data.normalize.SliceNormalizer`), applied to each band of rows as it is read, so
+            that a large slice stays in memory in its own dtype (a quarter of float32's bytes for uint8).
 
     Returns:
         ``(labels, probabilities)``: labels ``(H, W)`` uint8 (uint16 above 255 classes), 0 background and 1..C
@@ -396,7 +411,9 @@ def segment_tiled(
     height, width = (int(v) for v in image.shape)
     labels: np.ndarray | None = None
     probs: np.ndarray | None = None
-    bands = _class_logit_bands(model, image, tiling=tiling, scale=scale, device=device, autocast=autocast)
+    bands = _class_logit_bands(
+        model, image, tiling=tiling, scale=scale, device=device, autocast=autocast, normalize=normalize
+    )
     with torch.inference_mode():
         for top, logits in bands:
             many = logits.shape[0] >= 256

@@ -35,6 +35,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, nullcontext
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -79,33 +80,38 @@ def _batch(images: list[np.ndarray], normalizer: SliceNormalizer | None, pin: bo
     return batch
 
 
+def _raw_batch(images: list[np.ndarray]) -> list[np.ndarray]:
+    """The slices as they were read (a tiled slice is normalised band by band, in its own dtype until then)."""
+    return images
+
+
 def _batches(
-    slices: Iterable, batch_size: int, normalizer: SliceNormalizer | None, pin: bool
-) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """Consecutive batches ``(indices, (b, 1, H, W))``; a slice of another size starts a new batch."""
+    slices: Iterable, batch_size: int, make_batch: Callable[[list[np.ndarray]], Any]
+) -> Iterator[tuple[list[int], Any]]:
+    """Consecutive batches ``(indices, make_batch(slices))``; a slice of another size starts a new batch."""
     pending: list[np.ndarray] = []
     first = 0
     for index, image in enumerate(slices):
         array = as_2d_slice(image)
         if pending and array.shape != pending[0].shape:
-            yield list(range(first, first + len(pending))), _batch(pending, normalizer, pin)
+            yield list(range(first, first + len(pending))), make_batch(pending)
             pending, first = [], index
         pending.append(array)
         if len(pending) == batch_size:
-            yield list(range(first, first + len(pending))), _batch(pending, normalizer, pin)
+            yield list(range(first, first + len(pending))), make_batch(pending)
             pending, first = [], index + 1
     if pending:
-        yield list(range(first, first + len(pending))), _batch(pending, normalizer, pin)
+        yield list(range(first, first + len(pending))), make_batch(pending)
 
 
 def _grouped_batches(
-    volume: Volume, groups: Sequence[Sequence[int]], normalizer: SliceNormalizer | None, pin: bool
-) -> Iterator[tuple[list[int], torch.Tensor]]:
+    volume: Volume, groups: Sequence[Sequence[int]], make_batch: Callable[[list[np.ndarray]], Any]
+) -> Iterator[tuple[list[int], Any]]:
     """One batch per group of slice indices of ``volume`` (groups fixed by the caller, whatever reads them)."""
     for group in groups:
         indices = [int(i) for i in group]
         images = [as_2d_slice(image) for image in volume_slices(volume, indices)]
-        yield indices, _batch(images, normalizer, pin)
+        yield indices, make_batch(images)
 
 
 def _prefetched(batches: Iterator, depth: int) -> Iterator:
@@ -334,19 +340,25 @@ def segment_slices(
         preprocessing = preprocessing or ImagePreprocessing.of_model(model)
         normalizer = preprocessing.normalizer(preprocessing.window(slices, window))
     cuda = device.type == "cuda"
+    # tiled slices stay in their own dtype and are normalised band by band as the tiles read them, to the same
+    # values (SliceNormalizer.for_bands): a 16,384² uint8 slice is 256 MiB, in float32 1 GiB
+    if tiling is not None and normalizer is not None:
+        make_batch: Callable[[list[np.ndarray]], Any] = _raw_batch
+    else:
+        make_batch = partial(_batch, normalizer=normalizer, pin=cuda)
     if groups is not None:
         if not isinstance(slices, Volume):
             raise ValueError("groups= needs a Volume (its slices are read by index).")
         total = sum(len(g) for g in groups) if total is None else total
-        produced = _grouped_batches(slices, groups, normalizer, cuda)
+        produced = _grouped_batches(slices, groups, make_batch)
     else:
         if isinstance(slices, Volume):
             total = slices.shape[0] if total is None else total
             slices = volume_slices(slices)
         elif total is None and hasattr(slices, "__len__"):
             total = len(slices)  # type: ignore[arg-type]
-        # tiled: one slice per batch (its tiles are batched), so at most a few whole float32 slices are in flight
-        produced = _batches(slices, 1 if tiling is not None else batch_size, normalizer, cuda)
+        # tiled: one slice per batch (its tiles are batched), so at most a few whole slices are in flight
+        produced = _batches(slices, 1 if tiling is not None else batch_size, make_batch)
     model.eval()
     use_amp = amp and cuda
     if use_amp and amp_dtype is None:
@@ -361,7 +373,7 @@ def segment_slices(
             for indices, batch in batches:
                 if tiling is not None:
                     labels, probs = _segment_tiled_batch(
-                        model, batch, tiling, scale, device, autocast, threshold, probabilities
+                        model, batch, tiling, scale, device, autocast, threshold, probabilities, normalizer
                     )
                     output.put((indices, labels, probs, None))
                     _advance(bar, len(indices), progress_count)
@@ -410,15 +422,17 @@ def _segment_tiled_batch(
     autocast: Any,
     threshold: float,
     probabilities: bool,
+    normalize: SliceNormalizer | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels ``(b, H, W)`` (and probabilities ``(b, C, H, W)``) of a batch of slices, each at the model's pixel
-    size, tiled when it does not fit the canvas."""
+    size, tiled when it does not fit the canvas. ``batch``: ``(b, 1, H, W)`` normalised, or the raw slices,
+    which ``normalize`` then normalises band by band."""
 
     def at_own_pixel_size(images: torch.Tensor) -> torch.Tensor:
         return model(images, fit_to_canvas=False)
 
     labels, probs = [], []
-    for image in batch[:, 0]:
+    for image in batch if normalize is not None else batch[:, 0]:
         label, prob = segment_tiled(
             at_own_pixel_size,
             image,
@@ -428,9 +442,12 @@ def _segment_tiled_batch(
             autocast=autocast,
             threshold=threshold,
             probabilities=probabilities,
+            normalize=None if normalize is None else normalize.for_bands(image),
         )
         labels.append(label)
         probs.append(prob)
+    if len(labels) == 1:  # no copy of a large slice's maps
+        return labels[0][None], (probs[0][None] if probabilities else None)
     return np.stack(labels), (np.stack(probs) if probabilities else None)
 
 

@@ -216,6 +216,26 @@ def test_slice_normalizer_equals_normalize_slice_exactly(dtype):
     np.testing.assert_array_equal(SliceNormalizer(None)(volume[0]), normalize_slice(volume[0]))  # per image
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float64"])
+@pytest.mark.parametrize("per_image", [True, False])
+def test_band_by_band_normalisation_gives_the_whole_slice_values(dtype, per_image):
+    """``for_bands``: a slice normalised a band of rows at a time, as tiling reads it, equals the slice normalised
+    whole, per image (the slice's own percentiles) or with a volume window; the slice itself is left unchanged."""
+    rng = np.random.default_rng(5)
+    image = (rng.gamma(2.0, 900.0, (61, 37)) if dtype != "uint8" else rng.integers(0, 256, (61, 37))).astype(dtype)
+    kept = image.copy()
+    window = None if per_image else volume_window(iter([image]), source="v.tif")
+    normalizer = SliceNormalizer(window)
+    banded = normalizer.for_bands(image)
+    rows = np.concatenate([banded(image[r : r + 8]) for r in range(0, 61, 8)])
+    assert rows.dtype == np.float32
+    np.testing.assert_array_equal(rows, normalizer(image))
+    np.testing.assert_array_equal(image, kept)
+    constant = np.full((9, 7), 40, dtype)  # MONAI's rule for coinciding percentiles holds band by band too
+    per_band = SliceNormalizer(None).for_bands(constant)
+    np.testing.assert_array_equal(per_band(constant[:4]), normalize_slice(constant)[:4])
+
+
 @pytest.mark.parametrize("dtype", ["uint16", "int16", "float32"])
 def test_measuring_in_several_threads_gives_the_same_window(dtype):
     volume = (RNG.normal(0, 1000, (9, 30, 20)) + (2000 if dtype == "uint16" else 0)).astype(dtype)

@@ -173,7 +173,8 @@ def test_tiles_of_a_row_are_batched_without_changing_the_result():
         )
         assert model.batch_sizes == ([1] * 10 if batch_size == 1 else [3, 3, 3, 1]) * 6  # batches stay in a row
     assert (results[1][0] == results[3][0]).all()
-    np.testing.assert_allclose(results[1][1], results[3][1], rtol=0, atol=1e-6)
+    # float32 convolutions sum in a batch-size-dependent order: a few ulps apart, not more
+    np.testing.assert_allclose(results[1][1], results[3][1], rtol=0, atol=1e-5)
 
 
 def test_slice_that_fits_is_one_call_on_the_whole_slice():

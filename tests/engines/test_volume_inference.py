@@ -281,3 +281,62 @@ def test_reader_and_writer_threads_end_promptly_when_the_model_fails():
         )
     assert time.perf_counter() - start < 5
     assert not [t.name for t in threading.enumerate() if t.name.startswith("segment_slices-")]
+
+
+class _TileModel(torch.nn.Module):
+    """Stand-in for ScSAM at its own pixel size: logits from a fixed 3x3 convolution of each tile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 1 + C, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=generator) * 4)
+            self.conv.bias.copy_(torch.randn(self.conv.bias.shape, generator=generator))
+
+    def forward(self, images: torch.Tensor, fit_to_canvas: bool = True) -> torch.Tensor:
+        assert fit_to_canvas is False
+        return self.conv(images)
+
+
+@pytest.mark.parametrize("normalization", ["prepared", "per_image"])
+def test_tiled_slices_are_normalised_band_by_band_in_their_own_dtype(monkeypatch, normalization):
+    """A large slice reaches the tiling as read (uint8: a quarter of float32's memory) and is normalised band by
+    band, with the volume's window or its own percentiles: the labels equal those of the slices normalised whole
+    beforehand."""
+    import scsam_monai.engines.volume_inference as volume_inference
+    from scsam_monai.engines.tiling import Tiling
+
+    rng = np.random.default_rng(0)
+    slices = [rng.integers(20, 220, (150, 170), dtype=np.uint8) for _ in range(2)]
+    slices[1][:40] = 255  # another intensity range than slice 0: per image, another window
+    window = volume_window(iter(slices), source="the test slices") if normalization == "prepared" else None
+    seen: list[str] = []
+    original = volume_inference.segment_tiled
+
+    def recording(model, image, **kwargs):
+        seen.append(str(image.dtype))
+        return original(model, image, **kwargs)
+
+    monkeypatch.setattr(volume_inference, "segment_tiled", recording)
+    results = {}
+    for name, inputs, normalize in (
+        ("banded", slices, True),
+        ("whole", [normalize_slice(s, window) for s in slices], False),
+    ):
+        written: dict[int, np.ndarray] = results.setdefault(name, {})
+        segment_slices(
+            _TileModel().eval(),
+            iter(inputs),
+            normalize=normalize,
+            preprocessing=ImagePreprocessing(normalization),
+            window=window,
+            tiling=Tiling(64, overlap=0.25),
+            progress=False,
+            writer=written.__setitem__,
+        )
+    assert seen == ["uint8", "uint8", "torch.float32", "torch.float32"]  # raw slices, then normalised batches
+    assert sorted(results["banded"]) == [0, 1]
+    for i in range(2):
+        assert len(np.unique(results["whole"][i])) > 1
+        np.testing.assert_array_equal(results["banded"][i], results["whole"][i])

@@ -523,7 +523,7 @@ class OmeZarrLabelStore:
                 f"{self.path}: slice {z} holds labels {labels.min()}..{labels.max()}; the store's "
                 f"classes are 0..{len(names) - 1}."
             )
-        planes = [labels.astype(self._identity["dtype"])]
+        planes = [labels.astype(self._identity["dtype"], copy=False)]  # no copy of a large slice's labels
         for _ in self.levels[1:]:
             planes.append(downsample_labels(planes[-1]))
         if self._identity["probabilities"] != (probabilities is not None):
