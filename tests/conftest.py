@@ -4,19 +4,34 @@ model) live in ``tests/helpers.py``."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
+# Torch threads per test process: the machine's cores shared among pytest-xdist's workers (one each on CI's 2 cores),
+# so that parallel workers do not oversubscribe the cores. Set before torch is imported; child processes inherit it.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // _WORKERS)))
 
-from scsam_monai.synthetic import write_synthetic_dataset
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from scsam_monai.synthetic import write_synthetic_dataset  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# Two CPU cores on CI: keep torch from oversubscribing them.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the files with slow tests first: pytest-xdist's ``--dist loadfile`` (``pyproject.toml``'s addopts) hands
+    whole files to its workers in this order, so no long file starts last while the other worker idles. A stable
+    sort: tests keep their order within a file."""
+    slow_files = {item.nodeid.split("::", 1)[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::", 1)[0] not in slow_files)
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +67,7 @@ def synthetic_dataset(tmp_path_factory) -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
-def trained_demo_bundle(tmp_path_factory, synthetic_dataset) -> tuple[Path, dict, object]:
+def trained_demo_bundle(tmp_path_factory, synthetic_dataset, worker_id) -> tuple[Path, dict, object]:
     """The bundle's ``training`` on the demo profile, run once a session for every test that needs a trained head.
 
     A small synthetic set (10 training, 3 validation, 2 test slices of 128 pixels) declared to be at 8 nm, 6 short
@@ -60,11 +75,16 @@ def trained_demo_bundle(tmp_path_factory, synthetic_dataset) -> tuple[Path, dict
     a model pixel size of 4 nm. Returns ``(work, overrides, result)``: the folder the run used (``work/data``, the
     outputs in ``work/out``), the overrides it ran with (later runs pass them on) and its completed process. Tests
     read ``work/out/models``; they write their own outputs elsewhere or under names no other test reads.
+
+    pytest-xdist's workers share the one training: the first worker to need it runs it in the run's common
+    temporary folder, under a file lock; the others wait for it and read its saved result.
     """
+    from filelock import FileLock
+
     from tests.helpers import run_bundle
 
-    work = tmp_path_factory.mktemp("trained_bundle")
-    synthetic_dataset(work / "data", num_train=10, num_val=3, num_test=2, size=128, seed=11)  # its embedding cache
+    shared = tmp_path_factory.getbasetemp().parent if worker_id != "master" else tmp_path_factory.mktemp("shared")
+    work = shared / "trained_bundle"
     overrides = {
         "dataset_dir": work / "data",
         "output_dir": work / "out",
@@ -74,5 +94,13 @@ def trained_demo_bundle(tmp_path_factory, synthetic_dataset) -> tuple[Path, dict
         "learning_rate": 0.001,
         "pixel_size": 8,  # nm per pixel of the 128-pixel training slices
     }
-    result = run_bundle("training", ["train.yaml", "demo.yaml"], overrides, cwd=work)
+    record = shared / "trained_bundle.json"
+    with FileLock(str(shared / "trained_bundle.lock")):
+        if not record.exists():
+            synthetic_dataset(work / "data", num_train=10, num_val=3, num_test=2, size=128, seed=11)  # its cache
+            done = run_bundle("training", ["train.yaml", "demo.yaml"], overrides, cwd=work)
+            saved = {"args": [str(a) for a in done.args], "returncode": done.returncode}
+            record.write_text(json.dumps({**saved, "stdout": done.stdout, "stderr": done.stderr}))
+    saved = json.loads(record.read_text())
+    result = subprocess.CompletedProcess(saved["args"], saved["returncode"], saved["stdout"], saved["stderr"])
     return work, overrides, result
