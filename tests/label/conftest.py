@@ -15,18 +15,16 @@ import numpy as np
 import pytest
 import tifffile
 
-from scsam_monai.synthetic import write_synthetic_dataset
 from tests.helpers import free_port
 
 IMAGE_SIZE = 96
 
 
 @pytest.fixture(scope="session")
-def synthetic(tmp_path_factory) -> Path:
-    """A small synthetic data set (images/ and labels/ of train_*, val_*, test_*)."""
-    root = tmp_path_factory.mktemp("label_data")
-    write_synthetic_dataset(root, num_train=3, num_val=1, num_test=1, size=IMAGE_SIZE, seed=5)
-    return root
+def synthetic(synthetic_dataset) -> Path:
+    """A small synthetic data set (images/ and labels/ of train_*, val_*, test_*) from the shared factory: read it,
+    never write into it."""
+    return synthetic_dataset(num_train=3, num_val=1, num_test=1, size=IMAGE_SIZE, seed=5)
 
 
 class LabelServer:
