@@ -8,9 +8,13 @@ them only emulate bf16 (slower than float32), so ``"auto"`` keeps float32 there.
 
 from __future__ import annotations
 
+import logging
 from contextlib import AbstractContextManager
+from functools import lru_cache
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["PRECISIONS", "cpu_has_native_bf16", "resolve_precision", "precision_context", "dtype_name"]
 
@@ -55,7 +59,18 @@ def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype
         return None
     if precision == "fp16" and device_type == "cpu":
         raise ValueError("precision 'fp16' is not supported on CPU; use 'bf16' or 'fp32'.")
+    if precision == "bf16" and device_type == "cpu" and not cpu_has_native_bf16():
+        _warn_emulated_bf16()
     return _DTYPES[precision]
+
+
+@lru_cache(maxsize=1)
+def _warn_emulated_bf16() -> None:
+    """Say once a process that explicit bf16 on this CPU is emulated: it runs, many times slower than float32."""
+    logger.warning(
+        "precision 'bf16' on a CPU without native bf16 instructions (AVX512-BF16 or AMX): PyTorch emulates it, "
+        "many times slower than float32; 'auto' or 'fp32' runs float32 here."
+    )
 
 
 def precision_context(device: torch.device | str, dtype: torch.dtype | None) -> AbstractContextManager:

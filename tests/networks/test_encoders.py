@@ -555,6 +555,21 @@ def test_sam_auto_precision_is_bf16_only_where_the_cpu_runs_it_natively(monkeypa
     assert auto.compute_dtype() == torch.bfloat16  # the dtype only: running it is the test above, on such a CPU
 
 
+def test_explicit_bf16_on_a_cpu_that_emulates_it_is_named_once(monkeypatch, caplog):
+    precision_module._warn_emulated_bf16.cache_clear()
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: True)
+    with caplog.at_level("WARNING", logger=precision_module.__name__):
+        assert resolve_precision("bf16", "cpu") == torch.bfloat16
+    assert "emulates" not in caplog.text
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger=precision_module.__name__):
+        for _ in range(3):  # an encoder resolves its precision at every call
+            assert resolve_precision("bf16", "cpu") == torch.bfloat16
+        assert resolve_precision("auto", "cpu") is None
+    assert caplog.text.count("PyTorch emulates it") == 1 and "'auto' or 'fp32'" in caplog.text
+    precision_module._warn_emulated_bf16.cache_clear()
+
+
 def test_sam_speed_switches_are_checked():
     with pytest.raises(ValueError, match="precision"):
         tiny_encoder("sam", precision="int8")
