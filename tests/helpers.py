@@ -25,9 +25,11 @@ from torch import nn
 
 from scsam_monai.bundle_command import CONFIGS_DIR, bundle_command
 from scsam_monai.networks.encoders import FrozenMaeEncoder, FrozenSamEncoder
+from scsam_monai.networks.precision import cpu_has_native_bf16
 from scsam_monai.networks.scsam import with_background
 
 __all__ = [
+    "NATIVE_BF16_ONLY",
     "REAL_EM_SAMPLE",
     "SigkillAfterCheckpoint",
     "StandInModel",
@@ -40,6 +42,12 @@ __all__ = [
 
 REAL_EM_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "drosophila-vnc-sstem"
 """The real EM sample beside the repository (20 Drosophila VNC ssTEM sections); tests skip when it is absent."""
+
+NATIVE_BF16_ONLY = pytest.mark.skipif(
+    not cpu_has_native_bf16(), reason="needs a CPU with native bf16 (AVX512-BF16 or AMX)"
+)
+"""Marks a test that runs bf16 on the CPU: a CPU without bf16 instructions emulates them, tens of times slower than
+float32 (minutes for a tiny encoder); the "auto" precision never picks bf16 there, nor does the bundle's amp."""
 
 TAIL = 6000
 """Characters of stdout and of stderr shown when a child process fails."""

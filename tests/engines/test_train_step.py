@@ -10,8 +10,7 @@ from monai.engines import SupervisedTrainer
 from scsam_monai.engines.train_step import ScSAMTrainStep
 from scsam_monai.losses import ScSAMLoss
 from scsam_monai.networks.build import build_scsam_head
-from scsam_monai.networks.precision import cpu_has_native_bf16
-from tests.helpers import tiny_encoder
+from tests.helpers import NATIVE_BF16_ONLY, tiny_encoder
 
 
 def _batch(sam_encoder, mae_encoder, n: int = 2):
@@ -62,13 +61,8 @@ def test_one_step_updates_only_the_head_and_leaves_encoders_unchanged():
             assert torch.equal(after[k], head_before[k]), k  # SAM's prompt embeddings stay frozen
 
 
-# A CPU without bf16 instructions emulates them, tens of times slower than float32 (this test: about 18 minutes
-# instead of half a minute); the encoders' "auto" precision never picks bf16 there, nor does the bundle's amp.
-_NATIVE_BF16 = pytest.mark.skipif(not cpu_has_native_bf16(), reason="needs a CPU with native bf16 (AVX512-BF16 or AMX)")
-
-
 @pytest.mark.parametrize(
-    "amp_dtype", [None, pytest.param(torch.bfloat16, marks=_NATIVE_BF16)], ids=["fp32", "cpu_bf16_autocast"]
+    "amp_dtype", [None, pytest.param(torch.bfloat16, marks=NATIVE_BF16_ONLY)], ids=["fp32", "cpu_bf16_autocast"]
 )
 def test_repeated_steps_reduce_the_loss(amp_dtype):
     """Six steps lower the loss, in float32 and under CPU bf16 autocast (``amp=True`` on a CPU; no GradScaler)."""

@@ -17,9 +17,8 @@ from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys
 
 from scsam_monai.networks.encoders import FrozenMaeEncoder
-from scsam_monai.networks.precision import cpu_has_native_bf16
+from tests.helpers import NATIVE_BF16_ONLY, run_bundle
 from tests.helpers import REAL_EM_SAMPLE as REAL_EM
-from tests.helpers import run_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = [str(REPO / "bundle/configs/pretrain_mae.yaml"), str(REPO / "bundle/configs/pretrain_demo.yaml")]
@@ -196,7 +195,7 @@ def test_real_em_overlay_autocasts_in_bf16_only_where_the_cpu_runs_it_natively(n
     assert parser.get_parsed_content("datalist_splits") == ["training", "validation"]
 
 
-@pytest.mark.skipif(not cpu_has_native_bf16(), reason="needs a CPU with native bf16 (AVX512-BF16 or AMX)")
+@NATIVE_BF16_ONLY
 def test_real_em_overlay_pretrains_in_bf16_on_this_cpu(dataset_dir, tmp_path):
     """A few steps of the real-EM overlay's bf16 pre-training run, fall and export a loadable encoder."""
     workflow = _real_em_workflow(

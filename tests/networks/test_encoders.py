@@ -32,7 +32,7 @@ from scsam_monai.networks.encoders import (
 )
 from scsam_monai.networks.geometry import longest_side_size
 from scsam_monai.networks.precision import resolve_precision
-from tests.helpers import tiny_encoder
+from tests.helpers import NATIVE_BF16_ONLY, tiny_encoder
 
 LOGGER = "scsam_monai.networks.encoders"
 
@@ -516,13 +516,6 @@ def test_mae_export_records_its_architecture(tmp_path):
 # --------------------------------------------------------------------------------------------- SAM speed paths
 
 
-# A CPU without bf16 instructions emulates them, tens of times slower than float32 (minutes for a tiny encoder);
-# "auto" never picks bf16 there, which the test after next checks on every CPU.
-_NATIVE_BF16 = pytest.mark.skipif(
-    not precision_module.cpu_has_native_bf16(), reason="needs a CPU with native bf16 (AVX512-BF16 or AMX)"
-)
-
-
 def test_sam_fused_attention_in_fp32_keeps_the_reference_function_and_switches_off_an_outer_autocast():
     images = torch.rand(2, 1, 96, 80, generator=torch.Generator().manual_seed(0))
     reference = tiny_encoder("sam", precision="fp32", attention="reference")
@@ -535,7 +528,7 @@ def test_sam_fused_attention_in_fp32_keeps_the_reference_function_and_switches_o
     assert out32.dtype == torch.float32 and float((out32 - expected).norm() / expected.norm()) < 1e-5
 
 
-@_NATIVE_BF16
+@NATIVE_BF16_ONLY  # "auto" never picks bf16 elsewhere: checked on every CPU by the test below
 def test_sam_bf16_stays_close_to_the_reference_and_is_what_auto_runs_on_a_bf16_cpu():
     images = torch.rand(2, 1, 96, 80, generator=torch.Generator().manual_seed(0))
     expected = tiny_encoder("sam", precision="fp32", attention="reference")(images)
